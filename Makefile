@@ -1,0 +1,44 @@
+# mltrain — the two commands a new user needs:  `make demo`  and  `make test`.
+# Everything is installed into ./.venv; nothing outside the repository changes except the Debian
+# packages that `make system-deps` installs for the team-server tests (PostgreSQL).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# pip takes these two from the machine's local wheel store when they are there (uv/poetry would not).
+TORCH  := torch==2.14.1 torchvision==0.29.1
+DEMO_DATA ?= data/demo
+
+.PHONY: install demo test test-fast lint format system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP)  ## create .venv with mltrain and its test tools
+
+demo: install  ## synthesise a small dataset and train a short run on the embedded MLflow store
+	$(BIN)/mltrain data synth --dest $(DEMO_DATA) --per-class 40 --image-size 320x240
+	$(BIN)/mltrain train --data $(DEMO_DATA) --config src/mltrain/configs/demo.yaml
+
+test: install system-deps  ## lint, then every test this machine can run (unit + integration)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/pytest
+
+test-fast: install  ## unit tests only
+	$(BIN)/pytest tests/unit
+
+system-deps:  ## Debian packages the integration tests need (PostgreSQL server binaries)
+	@scripts/system-deps.sh
+
+format: install
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+clean:
+	rm -rf $(VENV) data/demo outputs mlflow.db mlruns mlartifacts .pytest_cache

@@ -1,0 +1,77 @@
+"""The ``mltrain`` command: a thin layer over the Python API, one table of subcommands.
+
+User mistakes (:class:`mltrain.errors.MltrainError`) print one ``error:`` line and exit with status 2;
+an interrupted training exits 130 (Ctrl+C) or 143 (SIGTERM) after ending its MLflow run as KILLED.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from mltrain.cli import commands
+from mltrain.errors import MltrainError, TrainingInterrupted
+
+app = typer.Typer(
+    name="mltrain",
+    help="Train the Food-11 classifier, track it in MLflow and manage its models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+# The one subcommand table: (group or None, name, function). Each function's docstring is its help.
+SUBCOMMANDS: list[tuple[str | None, str, object]] = [
+    (None, "train", commands.train),
+    ("data", "prepare", commands.data_prepare),
+    ("data", "synth", commands.data_synth),
+    (None, "ui", commands.ui),
+    ("config", "show", commands.config_show),
+]
+GROUP_HELP = {
+    "data": "Get Food-11 ready: download and organise it, or synthesise a look-alike.",
+    "config": "Inspect the training configuration.",
+}
+
+
+def _register() -> None:
+    groups: dict[str, typer.Typer] = {}
+    for group, name, function in SUBCOMMANDS:
+        target = app
+        if group is not None:
+            if group not in groups:
+                groups[group] = typer.Typer(help=GROUP_HELP.get(group), no_args_is_help=True, rich_markup_mode=None)
+                app.add_typer(groups[group], name=group)
+            target = groups[group]
+        target.command(name=name)(function)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``mltrain`` console script."""
+    try:
+        # Without standalone mode Typer returns exit codes (130 for Ctrl+C) instead of exiting.
+        code = app(args=argv, standalone_mode=False)
+    except MltrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # usage errors: exit status 2
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except TrainingInterrupted as exc:
+        print(f"terminated ({exc})", file=sys.stderr)
+        sys.exit(128 + exc.signum)
+    if isinstance(code, int) and code != 0:
+        if code == 130:
+            print("interrupted", file=sys.stderr)
+        sys.exit(code)

@@ -1,0 +1,169 @@
+"""Subcommand functions. Each parses options, calls the Python API and prints; nothing more."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mltrain import env, metrics
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML file of config keys (see `mltrain config show`).")
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override one config key, e.g. --set lr=0.001 (repeatable)."),
+]
+
+
+def _overrides(sets: list[str] | None, **flags: object) -> list[str]:
+    """``--set`` values plus dedicated flags (which win), as key=value strings."""
+    items = list(sets or [])
+    items += [f"{key}={value}" for key, value in flags.items() if value is not None]
+    return items
+
+
+def train(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Food-11 folder [default: $FOOD11_DATA_DIR or ./Food-11].")
+    ] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = metrics.EXPERIMENT,
+    engine: Annotated[str | None, typer.Option(help="torch or lightning [default: config's engine].")] = None,
+    devices: Annotated[str | None, typer.Option(help="Number of devices, or auto.")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="auto, cpu, gpu or mps.")] = None,
+    run_name: Annotated[str | None, typer.Option(help="Name of the MLflow run.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue a stopped training from its checkpoint folder, in the same run.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars over batches.")] = True,
+) -> None:
+    """Train the Food-11 classifier and track the run in MLflow.
+
+    Two phases: the classifier head alone for initial_epochs, then the whole network until
+    total_epochs or early stopping. Tracks into $MLFLOW_TRACKING_URI, else ./mlflow.db.
+
+    \b
+    Examples:
+      mltrain train --data Food-11
+      mltrain train --config my.yaml --set lr=3e-4 --set total_epochs=10
+      mltrain train --resume outputs/<run_id>
+    """
+    from mltrain.config import TrainConfig
+    from mltrain.training import train as run_training
+
+    overrides = _overrides(set_, engine=engine, devices=devices, accelerator=accelerator)
+    resolved = TrainConfig.build(config, overrides) if (config or overrides or resume is None) else None
+    result = run_training(
+        resolved,
+        data_dir=data,
+        experiment=experiment,
+        run_name=run_name,
+        resume=resume,
+        progress=progress,
+    )
+    print(result.summary())
+
+
+def data_prepare(
+    dest: Annotated[Path, typer.Option(help="Folder to create the Food-11 tree in.")],
+    archive: Annotated[Path | None, typer.Option(help="A local copy of the Food-11 zip (no download).")] = None,
+    url: Annotated[str | None, typer.Option(help="Download from this URL instead of the default mirror.")] = None,
+) -> None:
+    """Download (or take --archive), unpack and sort Food-11 into class folders.
+
+    Running it again on a prepared folder changes nothing.
+
+    \b
+    Examples:
+      mltrain data prepare --dest Food-11
+      mltrain data prepare --dest Food-11 --archive ~/Downloads/food11.zip
+    """
+    from mltrain.data.prepare import FOOD11_URL, prepare
+
+    report = prepare(dest, archive=archive, url=url or FOOD11_URL)
+    if not report.changed:
+        print(f"{dest} is already a prepared Food-11 folder; nothing changed")
+    if report.unrecognised:
+        print(f"left {len(report.unrecognised)} file(s) whose names are not <class>_<n>.<ext> in place")
+    _print_counts(report.counts)
+
+
+def data_synth(
+    dest: Annotated[Path, typer.Option(help="Folder to write the synthetic set into.")],
+    per_class: Annotated[int, typer.Option(help="Training images per class (validation/evaluation: a quarter).")] = 40,
+    image_size: Annotated[str, typer.Option(help="WIDTHxHEIGHT of each JPEG, or one number.")] = "512x384",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Write a small learnable Food-11 look-alike (JPEGs, same layout) for demos and tests.
+
+    \b
+    Example:
+      mltrain data synth --dest data/synth --per-class 40 --image-size 512x384
+    """
+    from mltrain.data.synth import synthesize
+
+    _print_counts(synthesize(dest, per_class=per_class, image_size=image_size, seed=seed))
+
+
+def ui(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="Store to show [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
+    ] = None,
+) -> None:
+    """Open the MLflow UI on the same store the runs were tracked in, bound to 127.0.0.1.
+
+    \b
+    Example:
+      mltrain ui --port 5000     # then browse http://127.0.0.1:5000
+    """
+    uri = env.tracking_uri(tracking_uri) or "sqlite:///mlflow.db"
+    if uri.startswith(("http://", "https://", "databricks")):
+        print(f"runs are tracked on a server; its UI is at {uri}")
+        return
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    print(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl+C to stop)", flush=True)
+    raise typer.Exit(subprocess.call(command, env=os.environ.copy()))
+
+
+def config_show(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Print the resolved configuration (defaults, then --config, then --set) as YAML, with help.
+
+    \b
+    Example:
+      mltrain config show --set total_epochs=3
+    """
+    import yaml
+
+    from mltrain.config import TrainConfig
+
+    resolved = TrainConfig.build(config, _overrides(set_))
+    for key, value in resolved.model_dump().items():
+        help_text = TrainConfig.model_fields[key].description or ""
+        print(f"{yaml.safe_dump({key: value}).strip():<34} # {help_text}")
+
+
+def _print_counts(counts: dict[str, list[int]]) -> None:
+    from mltrain.data.layout import CLASS_NAMES
+
+    for split, per_class in counts.items():
+        detail = ", ".join(f"{name} {n}" for name, n in zip(CLASS_NAMES, per_class, strict=True))
+        print(f"{split:<11} {sum(per_class):>6} images: {detail}")

@@ -1,0 +1,117 @@
+"""Pieces every engine shares: device and precision choice, epoch statistics, timed batches."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from mltrain import metrics
+from mltrain.config import TrainConfig
+from mltrain.errors import ConfigError
+
+
+def select_device(config: TrainConfig) -> torch.device:
+    """The device the config asks for; ConfigError when it is not there."""
+    wanted = config.accelerator
+    if wanted == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if wanted in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"accelerator={wanted} but torch sees no CUDA/ROCm GPU; use accelerator=auto or cpu")
+        return torch.device("cuda")
+    if wanted == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError("accelerator=mps but this machine has no Apple GPU; use accelerator=auto or cpu")
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for mixed precision, or None for plain fp32."""
+    if config.precision == "32":
+        return None
+    if config.precision == "bf16":
+        return torch.bfloat16
+    if config.precision == "16":
+        return torch.float16
+    if device.type == "cuda":  # auto: mixed precision on GPUs only; CPUs without bf16 units get slower
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``dtype``, or a no-op context for fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class EpochStats:
+    """Running sums for one pass over a loader."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    wait_seconds: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        count = labels.shape[0]
+        self.loss_sum += float(loss.detach()) * count
+        self.correct += int((logits.detach().argmax(dim=1) == labels).sum())
+        self.seen += count
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.seen, 1)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def timed_batches(loader: Iterable, stats: EpochStats) -> Iterator:
+    """Yield the loader's batches, adding the time spent waiting for each to ``stats.wait_seconds``."""
+    iterator = iter(loader)
+    while True:
+        before = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        stats.wait_seconds += time.perf_counter() - before
+        yield batch
+
+
+def epoch_metrics(train: EpochStats, val: EpochStats, epoch_time: float, trainable_params: int) -> dict[str, float]:
+    """The per-epoch metrics in the shared vocabulary."""
+    return {
+        metrics.EPOCH_TIME: epoch_time,
+        metrics.TRAIN_LOSS: train.loss,
+        metrics.TRAIN_ACCURACY: train.accuracy,
+        metrics.VAL_LOSS: val.loss,
+        metrics.VAL_ACCURACY: val.accuracy,
+        metrics.TRAINABLE_PARAMS: float(trainable_params),
+        metrics.DATA_WAIT_FRACTION: (train.wait_seconds + val.wait_seconds) / max(epoch_time, 1e-9),
+    }
+
+
+def format_epoch(epoch: int, total: int, phase: str, values: dict[str, float]) -> str:
+    """One human line per epoch."""
+    return (
+        f"epoch {epoch + 1:>3}/{total} [{phase}] "
+        f"train_loss {values[metrics.TRAIN_LOSS]:.4f} train_acc {values[metrics.TRAIN_ACCURACY]:.3f} "
+        f"val_loss {values[metrics.VAL_LOSS]:.4f} val_acc {values[metrics.VAL_ACCURACY]:.3f} "
+        f"time {values[metrics.EPOCH_TIME]:.1f}s data_wait {values[metrics.DATA_WAIT_FRACTION]:.0%}"
+    )

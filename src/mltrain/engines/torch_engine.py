@@ -1,0 +1,253 @@
+"""The plain PyTorch engine: two-phase transfer learning with early stopping, one device.
+
+Phase 1 trains only the classifier head (backbone frozen) for ``initial_epochs`` at ``lr``; phase 2
+unfreezes everything at ``fine_tune_lr`` until ``total_epochs`` or until ``patience`` epochs pass
+without a lower val_loss. The best fine-tuning weights are kept, logged to MLflow each time they
+improve, and used for the final test evaluation. The same :func:`fit` runs locally and (later) inside
+a Ray Train worker.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mltrain import metrics
+from mltrain.config import TrainConfig
+from mltrain.data.module import Food11Data
+from mltrain.data.transforms import to_model_input
+from mltrain.engines.checkpoint import CHECKPOINT_FILE, TrainState, save_checkpoint
+from mltrain.engines.common import (
+    EpochStats,
+    autocast,
+    autocast_dtype,
+    epoch_metrics,
+    format_epoch,
+    select_device,
+    timed_batches,
+)
+from mltrain.model import build_model, count_trainable, head, set_backbone_trainable
+from mltrain.tracking import RunTracker
+
+log = logging.getLogger(__name__)
+
+EpochHook = Callable[[int, dict[str, float], Path], None]
+HEAD, FINE_TUNE = "head", "fine-tune"
+
+
+@dataclass
+class FitResult:
+    """What a finished training produced."""
+
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    test_loss: float
+    test_accuracy: float
+    model_uri: str | None
+    stopped_early: bool
+    checkpoint: Path
+
+
+def fit(
+    config: TrainConfig,
+    data: Food11Data,
+    tracker: RunTracker,
+    checkpoint_dir: str | Path,
+    resume: dict[str, Any] | None = None,
+    on_epoch_end: EpochHook | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train, validate, early-stop and test one model, logging through ``tracker``.
+
+    Args:
+        config: The resolved configuration.
+        data: Food-11 data after ``setup()``.
+        tracker: The run to log into (already started; a no-op tracker on ranks other than 0).
+        checkpoint_dir: Where ``checkpoint.pt`` is written after every epoch.
+        resume: A checkpoint from :func:`mltrain.engines.checkpoint.load_checkpoint` to continue from.
+        on_epoch_end: Called after each epoch with (epoch, metrics, checkpoint path), e.g. to report
+            to Ray Train.
+        progress: Show a progress bar over batches.
+    """
+    return TorchRecipe(config, data, tracker, Path(checkpoint_dir), progress, on_epoch_end).run(resume)
+
+
+class TorchRecipe:
+    """setup -> train/validate per epoch -> checkpoint -> test; each step a short method."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: Food11Data,
+        tracker: RunTracker,
+        checkpoint_dir: Path,
+        progress: bool,
+        on_epoch_end: EpochHook | None,
+    ) -> None:
+        self.config = config
+        self.data = data
+        self.tracker = tracker
+        self.checkpoint_path = checkpoint_dir / CHECKPOINT_FILE
+        self.progress = progress
+        self.on_epoch_end = on_epoch_end
+        self.device = select_device(config)
+        self.amp_dtype = autocast_dtype(config, self.device)
+        self.model, self.step_model = self._setup_model()
+        self.criterion = nn.CrossEntropyLoss()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.train_loader = data.train_dataloader(self.device)
+        self.val_loader = data.val_dataloader(self.device)
+        self.test_loader = data.test_dataloader(self.device)
+        self.state = TrainState(run_id=tracker.run_id, config=config.model_dump())
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.phase: str | None = None
+
+    # --- setup -------------------------------------------------------------------------------------------
+    def _setup_model(self) -> tuple[nn.Module, nn.Module]:
+        torch.manual_seed(self.config.seed)
+        model = build_model(self.config)
+        memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        model = model.to(self.device, memory_format=memory_format)
+        # Checkpoints and MLflow get the plain module; steps may run through the compiled wrapper.
+        step_model = torch.compile(model) if self.config.compile else model
+        return model, step_model
+
+    def _setup_phase(self, phase: str) -> None:
+        """Freeze or unfreeze the backbone and give the phase its own Adam, as the lab does."""
+        set_backbone_trainable(self.model, phase == FINE_TUNE)
+        if phase == HEAD:
+            self.optimizer = torch.optim.Adam(head(self.model).parameters(), lr=self.config.lr)
+        else:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.fine_tune_lr)
+        self.phase = phase
+
+    def _restore(self, resume: dict[str, Any]) -> None:
+        self.state = resume["state"]
+        self.state.run_id = self.tracker.run_id or self.state.run_id
+        self.model.load_state_dict(resume["model"])
+        self.best_weights = resume.get("best_weights")
+        if self.state.next_epoch < self.config.total_epochs:
+            self._setup_phase(self._phase_of(self.state.next_epoch))
+            if resume.get("optimizer") is not None and self._phase_of(self.state.next_epoch - 1) == self.phase:
+                self.optimizer.load_state_dict(resume["optimizer"])
+        log.info("resuming at epoch %d from %s", self.state.next_epoch, self.checkpoint_path)
+
+    def _phase_of(self, epoch: int) -> str:
+        return HEAD if epoch < self.config.initial_epochs else FINE_TUNE
+
+    # --- the loop --------------------------------------------------------------------------------------
+    def run(self, resume: dict[str, Any] | None = None) -> FitResult:
+        if resume is not None:
+            self._restore(resume)
+        epoch = self.state.next_epoch
+        while epoch < self.config.total_epochs and not self.state.stopped_early:
+            if self._phase_of(epoch) != self.phase:
+                self._setup_phase(self._phase_of(epoch))
+            values = self._run_epoch(epoch)
+            self._after_epoch(epoch, values)
+            epoch += 1
+        return self._finish()
+
+    def _run_epoch(self, epoch: int) -> dict[str, float]:
+        started = time.perf_counter()
+        train_stats = self._train_epoch(epoch)
+        val_stats = self.evaluate(self.val_loader, "validate")
+        values = epoch_metrics(train_stats, val_stats, time.perf_counter() - started, count_trainable(self.model))
+        self.tracker.log_metrics(values, step=epoch)
+        print(format_epoch(epoch, self.config.total_epochs, self.phase or "", values), flush=True)
+        return values
+
+    def _train_epoch(self, epoch: int) -> EpochStats:
+        self.model.train()
+        stats = EpochStats()
+        bar = tqdm(
+            total=len(self.train_loader), desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=self._no_bar()
+        )
+        for images, labels in timed_batches(self.train_loader, stats):
+            inputs = to_model_input(images, self.device, channels_last=self.config.channels_last)
+            labels = labels.to(self.device, non_blocking=True)
+            with autocast(self.device, self.amp_dtype):
+                logits = self.step_model(inputs)
+                loss = self.criterion(logits, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            stats.update(loss, logits, labels)
+            bar.update(1)
+        bar.close()
+        return stats
+
+    @torch.inference_mode()
+    def evaluate(self, loader: torch.utils.data.DataLoader, desc: str) -> EpochStats:
+        """Loss and accuracy of the current weights over ``loader`` (eval mode, no autograd)."""
+        self.model.eval()
+        stats = EpochStats()
+        for images, labels in timed_batches(tqdm(loader, desc=desc, leave=False, disable=self._no_bar()), stats):
+            inputs = to_model_input(images, self.device, channels_last=self.config.channels_last)
+            labels = labels.to(self.device, non_blocking=True)
+            with autocast(self.device, self.amp_dtype):
+                logits = self.step_model(inputs)
+                loss = self.criterion(logits.float(), labels)
+            stats.update(loss, logits, labels)
+        return stats
+
+    def _after_epoch(self, epoch: int, values: dict[str, float]) -> None:
+        if self.phase == FINE_TUNE:
+            self._track_best(epoch, values[metrics.VAL_LOSS])
+        self.state.next_epoch = epoch + 1
+        save_checkpoint(self.checkpoint_path, self.state, self.model, self.optimizer, self.best_weights)
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(epoch, values, self.checkpoint_path)
+
+    def _track_best(self, epoch: int, val_loss: float) -> None:
+        if val_loss < self.state.best_val_loss:
+            self.state.best_val_loss = val_loss
+            self.state.best_epoch = epoch
+            self.state.stale_epochs = 0
+            self.best_weights = copy.deepcopy(self.model.state_dict())
+            self.state.model_uri = self.tracker.log_model(self.model, self.config.image_size, step=epoch)
+            return
+        self.state.stale_epochs += 1
+        if self.state.stale_epochs >= self.config.patience:
+            self.state.stopped_early = True
+            print(f"early stopping: no lower val_loss for {self.config.patience} epoch(s)", flush=True)
+
+    def _finish(self) -> FitResult:
+        if self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
+        elif self.state.model_uri is None:
+            # No fine-tuning epoch ran (total_epochs == initial_epochs): the final weights are the model.
+            self.state.best_val_loss = self.evaluate(self.val_loader, "validate").loss
+            self.state.best_epoch = self.state.next_epoch - 1
+            self.state.model_uri = self.tracker.log_model(
+                self.model, self.config.image_size, step=max(self.state.best_epoch, 0)
+            )
+        test = self.evaluate(self.test_loader, "test")
+        self.tracker.log_metrics({metrics.TEST_LOSS: test.loss, metrics.TEST_ACCURACY: test.accuracy})
+        save_checkpoint(self.checkpoint_path, self.state, self.model, None, self.best_weights)
+        return FitResult(
+            epochs_run=self.state.next_epoch,
+            best_epoch=self.state.best_epoch,
+            best_val_loss=self.state.best_val_loss if math.isfinite(self.state.best_val_loss) else float("nan"),
+            test_loss=test.loss,
+            test_accuracy=test.accuracy,
+            model_uri=self.state.model_uri,
+            stopped_early=self.state.stopped_early,
+            checkpoint=self.checkpoint_path,
+        )
+
+    def _no_bar(self) -> bool | None:
+        return None if self.progress else True  # None: tqdm shows the bar only on a terminal

@@ -1,0 +1,37 @@
+"""The one exception family a user sees: problems with configuration, data or environment.
+
+Anything raised as :class:`MltrainError` is a user mistake or an unmet precondition; the CLI prints its
+message on one line and exits with status 2. Everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class MltrainError(Exception):
+    """A problem the user can fix; the message says what was expected and what was found."""
+
+    exit_code = 2
+
+
+class ConfigError(MltrainError):
+    """An unknown key, a wrong type or an impossible value in the training configuration."""
+
+
+class DataError(MltrainError):
+    """A data directory, archive or download that does not look like Food-11."""
+
+
+class TrackingError(MltrainError):
+    """An MLflow experiment, run, model or registry entry that is missing or unusable."""
+
+
+class TrainingInterrupted(BaseException):  # a BaseException like KeyboardInterrupt, which it stands in for
+    """Raised in the main thread when the process receives SIGTERM, so runs end as KILLED.
+
+    It derives from BaseException (like KeyboardInterrupt) so that ``except Exception`` blocks in
+    libraries do not swallow it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"received signal {signum}")
+        self.signum = signum

@@ -1,0 +1,148 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mltrain.config import TrainConfig, parse_overrides
+from mltrain.errors import ConfigError
+from tests.helpers import REPO, run_cli
+
+LAB_DEFAULTS = {
+    "initial_epochs": 5,
+    "total_epochs": 20,
+    "patience": 5,
+    "batch_size": 32,
+    "lr": 1e-4,
+    "fine_tune_lr": 1e-5,
+    "model_architecture": "MobileNetV2",
+    "dropout_probability": 0.5,
+    "random_horizontal_flip": 0.5,
+    "random_rotation": 15,
+    "color_jitter_brightness": 0.2,
+    "color_jitter_contrast": 0.2,
+    "color_jitter_saturation": 0.2,
+    "color_jitter_hue": 0.1,
+}
+
+
+def test_defaults_are_the_labs() -> None:
+    dumped = TrainConfig().model_dump()
+    for key, value in LAB_DEFAULTS.items():
+        assert dumped[key] == value, key
+    assert dumped["image_size"] == 224
+    assert dumped["pretrained"] is True
+
+
+def test_every_field_has_help() -> None:
+    for name, info in TrainConfig.model_fields.items():
+        assert info.description, f"{name} has no docstring"
+
+
+def test_yaml_then_overrides(tmp_path: Path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("lr: 0.01\ntotal_epochs: 7\npretrained: false\n")
+    config = TrainConfig.build(file, ["lr=3e-4", "batch_size=8", "num_workers=2"])
+    assert config.lr == pytest.approx(3e-4)
+    assert config.total_epochs == 7
+    assert config.batch_size == 8
+    assert config.num_workers == 2
+    assert config.pretrained is False
+
+
+def test_override_values_are_typed() -> None:
+    assert parse_overrides(["a=1", "b=0.5", "c=false", "d=text", "e=1e-4"]) == {
+        "a": 1,
+        "b": 0.5,
+        "c": False,
+        "d": "text",
+        "e": "1e-4",  # YAML 1.1 keeps this a string; pydantic coerces it to float
+    }
+    assert TrainConfig.build(overrides=["lr=1e-4"]).lr == pytest.approx(1e-4)
+
+
+def test_unknown_key_lists_valid_keys() -> None:
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.build(overrides=["learning_rate=0.1"])
+    message = str(err.value)
+    assert "learning_rate" in message
+    assert "valid keys" in message and "fine_tune_lr" in message and "batch_size" in message
+
+
+def test_close_misspelling_gets_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'patience'"):
+        TrainConfig.build(overrides=["patiense=3"])
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("batch_size=abc", "batch_size='abc'"),
+        ("batch_size=2.5", "batch_size=2.5"),
+        ("pretrained=maybe", "pretrained='maybe'"),
+        ("lr=-0.1", "greater than 0"),
+        ("fine_tune_lr=0", "greater than 0"),
+        ("dropout_probability=1.5", "less than 1"),
+        ("color_jitter_hue=0.9", "less than or equal to 0.5"),
+        ("num_workers=-2", "must be 'auto' or an integer >= 0"),
+        ("model_architecture=ResNet50", "MobileNetV2"),
+        ("engine=jax", "torch"),
+    ],
+)
+def test_bad_values_say_what_is_allowed(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.build(overrides=[override])
+    assert fragment in str(err.value)
+
+
+def test_total_epochs_below_initial_epochs() -> None:
+    with pytest.raises(ConfigError, match=r"total_epochs \(3\) must be >= initial_epochs \(5\)"):
+        TrainConfig.build(overrides=["total_epochs=3"])
+
+
+def test_several_devices_need_lightning() -> None:
+    with pytest.raises(ConfigError, match="engine=lightning"):
+        TrainConfig.build(overrides=["devices=2"])
+    assert TrainConfig.build(overrides=["devices=2", "engine=lightning"]).devices == 2
+
+
+def test_malformed_override_and_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="key=value"):
+        TrainConfig.build(overrides=["lr"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        TrainConfig.build(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        TrainConfig.build(tmp_path / "missing.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    config = TrainConfig.build(overrides=["lr=0.002", "seed=7"])
+    saved = config.save_yaml(tmp_path / "out" / "config.yaml")
+    assert TrainConfig.build(saved) == config
+    params = config.to_params()
+    assert set(params) == set(TrainConfig.keys())
+    assert params["lr"] == "0.002"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "src/mltrain/configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    assert isinstance(yaml.safe_load(path.read_text()), dict)
+    TrainConfig.build(path)
+
+
+def test_cli_config_error_exits_2_with_one_line() -> None:
+    done = run_cli("train", "--set", "lr=-1", "--data", "nowhere")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: invalid config: lr=-1")
+    assert "Traceback" not in done.stderr
+    done = run_cli("config", "show", "--set", "batchsize=3")
+    assert done.returncode == 2
+    assert "unknown config key 'batchsize'" in done.stderr
+
+
+def test_cli_config_show() -> None:
+    done = run_cli("config", "show", "--set", "total_epochs=30")
+    assert done.returncode == 0, done.stderr
+    assert "total_epochs: 30" in done.stdout
+    assert "initial_epochs: 5" in done.stdout

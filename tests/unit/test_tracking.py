@@ -1,0 +1,118 @@
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from mltrain.config import TrainConfig
+from mltrain.errors import TrainingInterrupted
+from mltrain.model import build_model
+from mltrain.tracking import BEST_MODEL_TAG, RunTracker, gpu_info_text
+
+
+def _status(run_id: str) -> str:
+    return MlflowClient().get_run(run_id).info.status
+
+
+def test_finished_run_has_what_was_logged() -> None:
+    with RunTracker(experiment="t", system_metrics=False) as tracker:
+        tracker.log_params({"a": 1})
+        tracker.log_metrics({"val_loss": 0.5}, step=3)
+        tracker.log_text("hello", "notes.txt")
+    run = MlflowClient().get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"a": "1"}
+    history = MlflowClient().get_metric_history(tracker.run_id, "val_loss")
+    assert [(m.step, m.value) for m in history] == [(3, 0.5)]
+    assert mlflow.active_run() is None
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED"), (TrainingInterrupted(15), "KILLED")],
+)
+def test_exceptions_end_the_run(error: BaseException, status: str) -> None:
+    tracker = RunTracker(experiment="t", system_metrics=False)
+    with pytest.raises(type(error)), tracker:
+        raise error
+    assert _status(tracker.run_id) == status
+    assert mlflow.active_run() is None
+    # the next run starts cleanly
+    with RunTracker(experiment="t", system_metrics=False) as again:
+        pass
+    assert _status(again.run_id) == "FINISHED"
+
+
+def test_failed_run_records_the_error() -> None:
+    tracker = RunTracker(experiment="t", system_metrics=False)
+    with pytest.raises(ValueError), tracker:
+        raise ValueError("bad thing")
+    assert MlflowClient().get_run(tracker.run_id).data.tags["mltrain.error"] == "ValueError: bad thing"
+
+
+def test_with_a_run_already_active_it_becomes_a_child() -> None:
+    mlflow.set_experiment("t")
+    with mlflow.start_run() as parent:
+        with RunTracker(experiment="t", system_metrics=False) as tracker:
+            tracker.log_metrics({"x": 1.0}, step=0)
+        assert tracker.run_id != parent.info.run_id
+        assert tracker.parent_run_id == parent.info.run_id
+        # the parent is still the active run and untouched
+        assert mlflow.active_run().info.run_id == parent.info.run_id
+        assert "x" not in MlflowClient().get_run(parent.info.run_id).data.metrics
+    child = MlflowClient().get_run(tracker.run_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.info.status == "FINISHED"
+
+
+def test_attach_to_the_active_run_by_id_leaves_it_open() -> None:
+    mlflow.set_experiment("t")
+    with mlflow.start_run() as outer:
+        with RunTracker(run_id=outer.info.run_id, system_metrics=False) as tracker:
+            tracker.log_metrics({"y": 2.0}, step=1)
+        assert mlflow.active_run().info.run_id == outer.info.run_id
+    assert MlflowClient().get_run(outer.info.run_id).data.metrics["y"] == 2.0
+
+
+def test_reattach_after_a_restart_continues_the_same_run() -> None:
+    first = RunTracker(experiment="t", system_metrics=False)
+    with pytest.raises(KeyboardInterrupt), first:
+        first.log_metrics({"val_loss": 1.0}, step=0)
+        raise KeyboardInterrupt
+    assert _status(first.run_id) == "KILLED"
+    with RunTracker(run_id=first.run_id, system_metrics=False) as second:
+        second.log_metrics({"val_loss": 0.8}, step=1)
+    assert second.run_id == first.run_id
+    history = MlflowClient().get_metric_history(first.run_id, "val_loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.8)]
+    assert _status(first.run_id) == "FINISHED"
+
+
+def test_other_ranks_log_nothing() -> None:
+    before = len(MlflowClient().search_experiments())
+    with RunTracker(experiment="rank1-only", enabled=False) as tracker:
+        tracker.log_metrics({"x": 1.0}, step=0)
+        assert tracker.log_model(torch.nn.Linear(2, 2), 8) is None
+    assert tracker.run_id is None
+    assert mlflow.active_run() is None
+    assert len(MlflowClient().search_experiments()) == before
+
+
+def test_logged_model_takes_any_batch_and_image_size() -> None:
+    model = build_model(TrainConfig(pretrained=False)).to(memory_format=torch.channels_last)
+    with RunTracker(experiment="t", system_metrics=False) as tracker:
+        uri = tracker.log_model(model, image_size=96, step=4)
+    assert MlflowClient().get_run(tracker.run_id).data.tags[BEST_MODEL_TAG] == uri
+    loaded = mlflow.pytorch.load_model(uri)
+    model.eval()
+    for shape in [(1, 3, 96, 96), (5, 3, 96, 96), (3, 3, 160, 120)]:
+        batch = torch.randn(shape)
+        out = loaded(batch)
+        assert out.shape == (shape[0], 11)
+        assert torch.allclose(out, model(batch), atol=1e-4)
+    logged = mlflow.get_logged_model(uri.split("/")[-1])
+    assert logged.source_run_id == tracker.run_id and logged.name == "food11"
+
+
+def test_gpu_info_mentions_torch() -> None:
+    text = gpu_info_text()
+    assert "torch " in text and "cuda available:" in text
