@@ -24,6 +24,9 @@ _API = {
     "synthesize": "mltrain.data.synth",
     "RunTracker": "mltrain.tracking.session",
     "MltrainError": "mltrain.errors",
+    "promote": "mltrain.registry",
+    "pull": "mltrain.registry",
+    "list_versions": "mltrain.registry",
 }
 
 __all__ = ["__version__", *_API]

@@ -25,6 +25,10 @@ class TrackingError(MltrainError):
     """An MLflow experiment, run, model or registry entry that is missing or unusable."""
 
 
+class RegistryError(TrackingError):
+    """A model registry request that cannot be met: no such model, alias or version, or nothing to promote."""
+
+
 class TrainingInterrupted(BaseException):  # a BaseException like KeyboardInterrupt, which it stands in for
     """Raised in the main thread when the process receives SIGTERM, so runs end as KILLED.
 

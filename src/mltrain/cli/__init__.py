@@ -11,7 +11,7 @@ import sys
 import click
 import typer
 
-from mltrain.cli import commands
+from mltrain.cli import commands, registry_commands
 from mltrain.errors import MltrainError, TrainingInterrupted
 
 app = typer.Typer(
@@ -29,11 +29,17 @@ SUBCOMMANDS: list[tuple[str | None, str, object]] = [
     ("data", "prepare", commands.data_prepare),
     ("data", "synth", commands.data_synth),
     (None, "ui", commands.ui),
+    (None, "bench", commands.bench),
     ("config", "show", commands.config_show),
+    ("registry", "promote", registry_commands.registry_promote),
+    ("registry", "pull", registry_commands.registry_pull),
+    ("registry", "list", registry_commands.registry_list),
+    (None, "compare", registry_commands.compare),
 ]
 GROUP_HELP = {
     "data": "Get Food-11 ready: download and organise it, or synthesise a look-alike.",
     "config": "Inspect the training configuration.",
+    "registry": "Promote the best run's model behind an alias, pull a version, list versions.",
 }
 
 
@@ -52,6 +58,14 @@ def _register() -> None:
 _register()
 
 
+# Typer vendors its own copy of click: accept the exception classes of both.
+_USAGE_ERRORS = tuple(
+    {click.ClickException, *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")}
+)
+_EXITS = (click.exceptions.Exit, typer.Exit)
+_ABORTS = (KeyboardInterrupt, click.exceptions.Abort, typer.Abort)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``mltrain`` console script."""
     try:
@@ -60,12 +74,12 @@ def main(argv: list[str] | None = None) -> None:
     except MltrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except _EXITS as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:  # usage errors: exit status 2
+    except _USAGE_ERRORS as exc:  # usage errors: exit status 2
         exc.show()
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except _ABORTS:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except TrainingInterrupted as exc:
