@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 DEMO_DATA ?= data/demo
 
-.PHONY: install demo test test-fast lint format system-deps clean
+.PHONY: install demo test test-fast bench lint format system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test: install system-deps  ## lint, then every test this machine can run (unit +
 
 test-fast: install  ## unit tests only
 	$(BIN)/pytest tests/unit
+
+bench: install  ## naive loop vs mltrain's data path on 440 synthetic 512x384 JPEGs (see docs/PERFORMANCE.md)
+	$(BIN)/mltrain bench --json bench-cpu.json
 
 system-deps:  ## Debian packages the integration tests need (PostgreSQL server binaries)
 	@scripts/system-deps.sh

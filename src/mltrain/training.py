@@ -37,6 +37,8 @@ class TrainResult:
 
     def summary(self) -> str:
         """A few lines for people: run, accuracy, model location, how to look at it."""
+        if self.run_id is None:  # a DDP worker (rank > 0); rank 0 prints the run
+            return "worker process finished; rank 0 logged the run"
         ui = (
             "mltrain ui"
             if self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri
@@ -81,6 +83,7 @@ def train(
     from mltrain.data.module import Food11Data
     from mltrain.engines import get_fit
     from mltrain.engines.checkpoint import load_checkpoint
+    from mltrain.engines.common import is_rank_zero
     from mltrain.tracking import RunTracker, git_state, gpu_info_text
 
     started = time.perf_counter()
@@ -99,11 +102,13 @@ def train(
         tracking_uri=tracking_uri,
         run_id=checkpoint["state"].run_id if checkpoint else None,
         run_name=run_name,
+        # A DDP worker re-runs this command (Lightning's launcher): only rank 0 may create or log the run.
+        enabled=is_rank_zero(),
         tags=tags,
     )
     with _sigterm_as_exception(), tracker:
         run_dir = Path(config.output_dir) / str(tracker.run_id)
-        if checkpoint is None:
+        if checkpoint is None and tracker.enabled:
             tracker.log_params(config.to_params())
             tracker.log_text(gpu_info_text(), metrics.GPU_INFO_ARTIFACT)
             tracker.log_artifact(config.save_yaml(run_dir / metrics.CONFIG_ARTIFACT))

@@ -1,17 +1,49 @@
-"""Pieces every engine shares: device and precision choice, epoch statistics, timed batches."""
+"""Pieces every engine shares: device and precision choice, epoch statistics, timed batches, results."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from mltrain import metrics
 from mltrain.config import TrainConfig
 from mltrain.errors import ConfigError
+
+EpochHook = Callable[[int, dict[str, float], Path], None]
+"""Called after each epoch with (epoch, metrics, checkpoint path), e.g. to report to Ray Train."""
+HEAD, FINE_TUNE = "head", "fine-tune"
+"""The two phases: the classifier head alone, then the whole network."""
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK")
+"""Set by launchers of data-parallel workers: torchrun sets RANK; Lightning's ddp launcher LOCAL_RANK/NODE_RANK."""
+
+
+@dataclass
+class FitResult:
+    """What a finished training produced (every engine's ``fit`` returns one)."""
+
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    test_loss: float
+    test_accuracy: float
+    model_uri: str | None
+    stopped_early: bool
+    checkpoint: Path
+
+
+def is_rank_zero() -> bool:
+    """False in a data-parallel worker that a launcher started (rank > 0): only rank 0 talks to MLflow.
+
+    Lightning's ddp launcher starts ranks 1..N-1 by re-running the same command with these variables
+    set, so the check must happen before anything creates an MLflow run.
+    """
+    return all(os.environ.get(name, "0") == "0" for name in _RANK_VARIABLES)
 
 
 def select_device(config: TrainConfig) -> torch.device:

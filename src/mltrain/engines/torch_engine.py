@@ -13,8 +13,6 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,11 @@ from mltrain.data.module import Food11Data
 from mltrain.data.transforms import to_model_input
 from mltrain.engines.checkpoint import CHECKPOINT_FILE, TrainState, save_checkpoint
 from mltrain.engines.common import (
+    FINE_TUNE,
+    HEAD,
+    EpochHook,
     EpochStats,
+    FitResult,
     autocast,
     autocast_dtype,
     epoch_metrics,
@@ -40,23 +42,6 @@ from mltrain.model import build_model, count_trainable, head, set_backbone_train
 from mltrain.tracking import RunTracker
 
 log = logging.getLogger(__name__)
-
-EpochHook = Callable[[int, dict[str, float], Path], None]
-HEAD, FINE_TUNE = "head", "fine-tune"
-
-
-@dataclass
-class FitResult:
-    """What a finished training produced."""
-
-    epochs_run: int
-    best_epoch: int
-    best_val_loss: float
-    test_loss: float
-    test_accuracy: float
-    model_uri: str | None
-    stopped_early: bool
-    checkpoint: Path
 
 
 def fit(

@@ -1,0 +1,252 @@
+"""The Lightning engine in-process on one CPU: steps, the two phases, interrupts and resuming."""
+
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from mlflow.tracking import MlflowClient
+
+from mltrain import metrics
+from mltrain.config import TrainConfig
+from mltrain.data.module import Food11Data
+from mltrain.data.transforms import to_model_input
+from mltrain.engines import common, torch_engine
+from mltrain.engines import lightning_engine as engine
+from mltrain.errors import TrainingInterrupted
+from mltrain.model import count_trainable
+from mltrain.tracking import RunTracker
+from mltrain.training import train
+
+TINY = {
+    "initial_epochs": 1,
+    "total_epochs": 2,
+    "pretrained": False,
+    "image_size": 64,
+    "batch_size": 16,
+    "engine": "lightning",
+}
+HEAD_ONLY = 1280 * 11 + 11  # MobileNetV2's last_channel x 11 classes + bias
+
+
+def _history(run_id: str, key: str) -> list[int]:
+    return [m.step for m in MlflowClient().get_metric_history(run_id, key)]
+
+
+def test_steps_log_the_shared_metrics_over_the_shared_data_path(tiny_data: Path) -> None:
+    config = TrainConfig(**TINY)
+    data = Food11Data(tiny_data, config, progress=False).setup()
+    module = engine.Food11Module(config)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    validated = trainer.validate(module, dataloaders=data.val_dataloader(), verbose=False)[0]
+    tested = trainer.test(module, dataloaders=data.test_dataloader(), verbose=False)[0]
+    assert set(validated) == {metrics.VAL_LOSS, metrics.VAL_ACCURACY}
+    assert set(tested) == {metrics.TEST_LOSS, metrics.TEST_ACCURACY}
+
+    # the same numbers the plain engine's data path and model give: per-sample means over the split
+    module.model.eval()
+    losses, correct, seen = [], 0, 0
+    with torch.no_grad():
+        for images, labels in data.val_dataloader():
+            logits = module.model(to_model_input(images, torch.device("cpu")))
+            losses.append(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == labels).sum())
+            seen += len(labels)
+    assert validated[metrics.VAL_LOSS] == pytest.approx(float(sum(losses)) / seen, rel=1e-5)
+    assert validated[metrics.VAL_ACCURACY] == pytest.approx(correct / seen)
+
+
+class _PhaseRecorder(Callback):
+    """What each epoch trained: trainable parameters, learning rates, whether Adam started afresh."""
+
+    def __init__(self) -> None:
+        self.trainable: list[int] = []
+        self.lrs: list[list[float]] = []
+        self.adam_state_at_start: list[int] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.adam_state_at_start.append(len(trainer.optimizers[0].state))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.trainable.append(count_trainable(pl_module.model))
+        self.lrs.append([group["lr"] for group in trainer.optimizers[0].param_groups])
+
+
+def test_backbone_frozen_in_phase_one_then_trained_at_fine_tune_lr(tiny_data: Path, tmp_path: Path) -> None:
+    config = TrainConfig(**{**TINY, "lr": 1e-3, "fine_tune_lr": 1e-4})
+    data = Food11Data(tiny_data, config, progress=False).setup()
+    recipe = engine.LightningRecipe(config, data, RunTracker(enabled=False), tmp_path, False, None)
+    recorder = _PhaseRecorder()
+    recipe.trainer.callbacks.append(recorder)  # after TwoPhaseFinetuning: sees each epoch as it trains
+
+    result = recipe.run()
+
+    full = sum(p.numel() for p in recipe.module.model.parameters())
+    assert recorder.trainable == [HEAD_ONLY, full]
+    assert recorder.lrs == [[1e-3], [1e-4, 1e-4]]  # head alone at lr; then head and backbone at fine_tune_lr
+    assert recorder.adam_state_at_start[1] == 0  # phase 2 starts with fresh Adam moments, as the plain engine
+    assert result.epochs_run == 2 and result.best_epoch == 1 and not result.stopped_early
+    assert result.model_uri is None  # a disabled tracker logs nothing
+    assert {p.name for p in tmp_path.iterdir()} >= {"best.ckpt", "last.ckpt", "checkpoint.pt"}
+
+
+def test_reproduces_the_plain_engine_when_nothing_is_random(tiny_data: Path, tmp_path: Path) -> None:
+    # No dropout, no augmentation: both engines see the same batches in the same order, so the same model,
+    # data path and two-phase optimisation must give the same numbers, epoch by epoch.
+    no_randomness = {
+        "dropout_probability": 0.0,
+        "random_horizontal_flip": 0.0,
+        "random_rotation": 0.0,
+        "color_jitter_brightness": 0.0,
+        "color_jitter_contrast": 0.0,
+        "color_jitter_saturation": 0.0,
+        "color_jitter_hue": 0.0,
+    }
+    config = TrainConfig(**{**TINY, **no_randomness, "lr": 1e-3, "fine_tune_lr": 1e-4})
+    data = Food11Data(tiny_data, config, progress=False).setup()
+    epochs: dict[str, list[dict[str, float]]] = {"torch": [], "lightning": []}
+    results = {}
+    for name, fit in (("torch", torch_engine.fit), ("lightning", engine.fit)):
+        results[name] = fit(
+            config.with_overrides(engine=name),
+            data,
+            RunTracker(enabled=False),
+            tmp_path / name,
+            on_epoch_end=lambda epoch, values, path, name=name: epochs[name].append(values),
+            progress=False,
+        )
+    for key in (metrics.TRAIN_LOSS, metrics.TRAIN_ACCURACY, metrics.VAL_LOSS, metrics.VAL_ACCURACY):
+        expected = [values[key] for values in epochs["torch"]]
+        assert [values[key] for values in epochs["lightning"]] == pytest.approx(expected, rel=1e-4), key
+    trainable = [values[metrics.TRAINABLE_PARAMS] for values in epochs["lightning"]]
+    assert trainable == [values[metrics.TRAINABLE_PARAMS] for values in epochs["torch"]]
+    assert results["lightning"].test_loss == pytest.approx(results["torch"].test_loss, rel=1e-4)
+    assert results["lightning"].best_epoch == results["torch"].best_epoch == 1
+
+
+def test_backbone_is_frozen_only_after_ddp_wraps_the_model() -> None:
+    # DDP registers the parameters that require gradients when it is built (between setup and on_fit_start);
+    # a backbone frozen in setup would never have its gradients averaged after unfreezing.
+    config = TrainConfig(**TINY)
+    module = engine.Food11Module(config)
+    finetuning = engine.TwoPhaseFinetuning(config)
+    trainer = SimpleNamespace(optimizers=[])
+    finetuning.setup(trainer, module, "fit")
+    assert count_trainable(module.model) > HEAD_ONLY
+    finetuning.on_fit_start(trainer, module)
+    assert count_trainable(module.model) == HEAD_ONLY
+
+
+@pytest.mark.parametrize("callback", [ModelCheckpoint, EarlyStopping])
+def test_best_checkpoint_and_early_stopping_ignore_the_head_phase(
+    callback: type, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls = []
+    for hook in ("on_train_epoch_end", "on_validation_end"):
+        monkeypatch.setattr(callback, hook, lambda self, trainer, module, hook=hook: calls.append(hook))
+    fine_tune_only = (
+        engine.BestCheckpoint(tmp_path, start_epoch=2)
+        if callback is ModelCheckpoint
+        else engine.FineTuneEarlyStopping(2, patience=1)
+    )
+    for epoch in range(4):
+        trainer = SimpleNamespace(current_epoch=epoch)
+        fine_tune_only.on_validation_end(trainer, None)
+        if callback is EarlyStopping:
+            fine_tune_only.on_train_epoch_end(trainer, None)
+    assert len(calls) == (2 if callback is ModelCheckpoint else 4)  # epochs 2 and 3 only
+
+
+def test_early_stopping_and_best_weights_count_fine_tuning_epochs_only(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Scripted val_loss: the head epoch is the lowest, but only fine-tuning epochs may be best or stale.
+    val_losses = [0.5, 0.9, 1.0, 0.1]
+
+    def validation_step(self, batch, batch_idx):
+        value = torch.tensor(val_losses[self.current_epoch])
+        self.log_dict({metrics.VAL_LOSS: value, metrics.VAL_ACCURACY: value}, on_epoch=True, batch_size=1)
+
+    monkeypatch.setattr(engine.Food11Module, "validation_step", validation_step)
+    config = TrainConfig(**{**TINY, "total_epochs": 4, "patience": 1})
+    data = Food11Data(tiny_data, config, progress=False).setup()
+    result = engine.fit(config, data, RunTracker(enabled=False), tmp_path, progress=False)
+    assert result.stopped_early and result.epochs_run == 3  # epoch 2 without a lower val_loss; 3 never ran
+    assert result.best_epoch == 1 and result.best_val_loss == pytest.approx(0.9)
+
+
+class _Trainer:
+    def __init__(self, interrupted: bool) -> None:
+        self.interrupted = interrupted
+
+
+def test_interrupts_lightning_swallows_are_given_back() -> None:
+    def exits() -> None:
+        raise SystemExit(1)  # what Lightning does after catching Ctrl+C
+
+    previous = signal.getsignal(signal.SIGINT)
+
+    def exits_ignoring_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise SystemExit(1)
+
+    with pytest.raises(KeyboardInterrupt):
+        engine._call(_Trainer(interrupted=True), exits_ignoring_sigint)
+    assert signal.getsignal(signal.SIGINT) is previous  # Ctrl+C works again afterwards
+    with pytest.raises(SystemExit):
+        engine._call(_Trainer(interrupted=False), exits)
+
+    def sigterm() -> None:
+        raise SIGTERMException
+
+    with pytest.raises(TrainingInterrupted):
+        engine._call(_Trainer(interrupted=True), sigterm)
+
+
+def test_interrupted_training_resumes_in_the_same_run(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_save = engine.save_checkpoint
+    saved = []
+
+    def save_then_interrupt(*args, **kwargs):
+        saved.append(real_save(*args, **kwargs))
+        raise KeyboardInterrupt  # as if Ctrl+C arrived right after epoch 0's checkpoints
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**TINY), data_dir=tiny_data, progress=False)
+    run_dir = saved[0].parent
+    run_id = run_dir.name
+    assert MlflowClient().get_run(run_id).info.status == "KILLED"
+    assert _history(run_id, metrics.VAL_LOSS) == [0]
+
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    resumed = train(data_dir=tiny_data, resume=run_dir, progress=False)
+    assert resumed.run_id == run_id and resumed.epochs_run == 2
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key in metrics.EPOCH_METRICS:
+        assert _history(run_id, key) == [0, 1], key
+    assert _history(run_id, metrics.TEST_ACCURACY) == [0]
+    by_step = {m.step: m.value for m in MlflowClient().get_metric_history(run_id, metrics.TRAINABLE_PARAMS)}
+    assert by_step[0] == HEAD_ONLY and by_step[1] > 2_000_000  # resumed in phase 2: the backbone trains
+    assert run.data.tags["mltrain.best_model_uri"] == resumed.model_uri
+
+
+def test_only_rank_zero_counts_as_the_lead(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert common.is_rank_zero()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert common.is_rank_zero()
+    monkeypatch.setenv("LOCAL_RANK", "1")  # Lightning's ddp launcher re-running the command as rank 1
+    assert not common.is_rank_zero()
+
+
+def test_autolog_keys_cover_what_it_adds_to_the_config() -> None:
+    keys = engine.autolog_param_keys()
+    assert {"epochs", "optimizer_name", "lr", "betas", "eps", "weight_decay"} <= keys
+    assert not (keys - {"lr", "patience"}) & set(TrainConfig.keys())  # only these two may overlap the config
