@@ -11,7 +11,7 @@ import sys
 import click
 import typer
 
-from mltrain.cli import commands, registry_commands
+from mltrain.cli import commands, registry_commands, stack_commands
 from mltrain.errors import MltrainError, TrainingInterrupted
 
 app = typer.Typer(
@@ -35,11 +35,13 @@ SUBCOMMANDS: list[tuple[str | None, str, object]] = [
     ("registry", "pull", registry_commands.registry_pull),
     ("registry", "list", registry_commands.registry_list),
     (None, "compare", registry_commands.compare),
+    ("stack", "init", stack_commands.stack_init),
 ]
 GROUP_HELP = {
     "data": "Get Food-11 ready: download and organise it, or synthesise a look-alike.",
     "config": "Inspect the training configuration.",
     "registry": "Promote the best run's model behind an alias, pull a version, list versions.",
+    "stack": "Set up the team tracking server (MLflow + PostgreSQL + MinIO in deploy/mlflow).",
 }
 
 

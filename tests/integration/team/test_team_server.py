@@ -1,0 +1,185 @@
+"""The team tracking server for real: `mltrain train` against MLflow with basic auth, PostgreSQL and S3;
+a server outage in the middle of a training; the registry notebook run against the server."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from mltrain import metrics
+from tests.helpers import MLTRAIN, REPO, TINY_TRAIN, run_cli
+from tests.integration.team.conftest import BUCKET, S3, TrackingServer
+
+pytestmark = pytest.mark.integration
+
+RUN_ID = re.compile(r"\brun ([0-9a-f]{32})\b")
+NOTEBOOK = REPO / "examples" / "registry_api.ipynb"
+
+
+def _run_id(stdout: str) -> str:
+    found = RUN_ID.search(stdout)
+    assert found, f"no run id in the trainer's output:\n{stdout}"
+    return found.group(1)
+
+
+def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+@pytest.fixture
+def finished_run(team_env: dict[str, str], tiny_data: Path) -> str:
+    """A FINISHED training run on the server: an earlier test's, or a fresh one."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(metrics.EXPERIMENT)
+    if experiment is not None:
+        runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'", max_results=1)
+        if runs:
+            return runs[0].info.run_id
+    done = run_cli("train", "--data", str(tiny_data), *TINY_TRAIN, "--no-progress", env=team_env)
+    assert done.returncode == 0, done.stderr
+    return _run_id(done.stdout)
+
+
+@pytest.mark.timeout(420)  # includes starting PostgreSQL, S3 and the server for the session
+def test_train_against_team_server(
+    tracking_server: TrackingServer, s3: S3, team_env: dict[str, str], tiny_data: Path
+) -> None:
+    done = run_cli("train", "--data", str(tiny_data), *TINY_TRAIN, "--no-progress", env=team_env)
+    assert done.returncode == 0, done.stderr
+    run_id = _run_id(done.stdout)
+
+    # Over REST, as any client sees it: FINISHED, params, metrics, artifacts proxied by the server.
+    answer = requests.get(
+        f"{tracking_server.url}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, auth=tracking_server.auth
+    )
+    assert answer.status_code == 200, answer.text
+    run = answer.json()["run"]
+    assert run["info"]["status"] == "FINISHED"
+    assert run["info"]["artifact_uri"].startswith("mlflow-artifacts:")
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert params["total_epochs"] == "2" and params["image_size"] == "64"
+    logged = {m["key"] for m in run["data"]["metrics"]}
+    assert {*metrics.EPOCH_METRICS, *metrics.FINAL_METRICS} <= logged
+    client = MlflowClient()
+    for key in metrics.EPOCH_METRICS:
+        assert _steps(client, run_id, key) == [0, 1], key
+
+    # The files landed as objects in the bucket, not on the server's disk.
+    keys = s3.keys(BUCKET)
+    assert any(key.endswith(f"{run_id}/artifacts/{metrics.GPU_INFO_ARTIFACT}") for key in keys), keys
+    assert any(key.endswith("/MLmodel") for key in keys), keys
+    assert not (tracking_server.workdir / "mlartifacts").exists()
+
+    # Basic auth is on: no or wrong credentials are refused; the health check stays open.
+    anonymous = requests.get(f"{tracking_server.url}/api/2.0/mlflow/runs/get", params={"run_id": run_id})
+    assert anonymous.status_code == 401
+    wrong = requests.get(
+        f"{tracking_server.url}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, auth=("admin", "not-it")
+    )
+    assert wrong.status_code == 401
+    assert requests.get(f"{tracking_server.url}/health").status_code == 200
+
+    # A per-user account, made through the auth API as docs/TEAM_SERVER.md shows, can read and (with
+    # basic_auth.ini's default EDIT permission) log into the shared experiment's runs.
+    member = ("alice", "alice-" + os.urandom(8).hex())
+    created = requests.post(
+        f"{tracking_server.url}/api/2.0/mlflow/users/create",
+        json={"username": member[0], "password": member[1]},
+        auth=tracking_server.auth,
+    )
+    assert created.status_code == 200, created.text
+    assert requests.get(answer.url, auth=member).status_code == 200
+    logged_by_member = requests.post(
+        f"{tracking_server.url}/api/2.0/mlflow/runs/log-metric",
+        json={"run_id": run_id, "key": "reviewed", "value": 1, "timestamp": int(time.time() * 1000), "step": 0},
+        auth=member,
+    )
+    assert logged_by_member.status_code == 200, logged_by_member.text
+
+
+@pytest.mark.timeout(420)
+def test_training_survives_a_server_outage(
+    tracking_server: TrackingServer, team_env: dict[str, str], tiny_data: Path, tmp_path: Path
+) -> None:
+    args = [*TINY_TRAIN, "--set", "total_epochs=4", "--set", "patience=50", "--no-progress"]
+    stderr_file = tmp_path / "trainer.stderr"
+    with stderr_file.open("w") as stderr_sink:
+        trainer = subprocess.Popen(
+            [*MLTRAIN, "train", "--data", str(tiny_data), *args],
+            stdout=subprocess.PIPE,
+            stderr=stderr_sink,
+            text=True,
+            env={**os.environ, **team_env},
+        )
+    lines: list[str] = []
+    first_epoch = threading.Event()
+
+    def read_stdout() -> None:
+        for line in trainer.stdout:
+            lines.append(line)
+            if re.match(r"epoch\s+1/", line):
+                first_epoch.set()
+
+    reader = threading.Thread(target=read_stdout, daemon=True)
+    reader.start()
+    try:
+        assert first_epoch.wait(timeout=180), "".join(lines)
+        tracking_server.kill()
+        killed_at = time.monotonic()
+        time.sleep(20)
+        assert trainer.poll() is None, "the training ended during the outage:\n" + "".join(lines)
+        tracking_server.start()
+        outage = time.monotonic() - killed_at
+        trainer.wait(timeout=300)
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait()
+    reader.join(timeout=10)
+    stdout, stderr = "".join(lines), stderr_file.read_text()
+    assert trainer.returncode == 0, f"{stdout}\n{stderr}"
+    assert outage >= 20
+    assert len(re.findall(r"^epoch\s+\d+/4 ", stdout, re.MULTILINE)) == 4, stdout
+
+    run_id = _run_id(stdout)
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key in metrics.EPOCH_METRICS:
+        assert _steps(client, run_id, key) == [0, 1, 2, 3], key
+    for key in metrics.FINAL_METRICS:
+        assert len(client.get_metric_history(run_id, key)) == 1, key
+    # The system-metrics thread waited out the outage (its requests retried too) and ended with the run.
+    assert client.get_metric_history(run_id, "system/cpu_utilization_percentage")
+    assert "Failed to get mlflow run" not in stderr and "Failed to log system metrics" not in stderr, stderr
+    assert "Successfully terminated system metrics monitoring" in stderr, stderr
+
+
+@pytest.mark.timeout(300)
+def test_registry_notebook_against_team_server(finished_run: str, team_env: dict[str, str], tmp_path: Path) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(
+        notebook, kernel_name="python3", timeout=240, resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute(env={**os.environ, **team_env})  # raises CellExecutionError on any failing cell
+
+    pulled = list((tmp_path / "models").rglob("MLmodel"))
+    assert pulled, "the notebook pulled no model into ./models"
+    text = "\n".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+    )
+    assert "torch.Size([2, 11])" in text, text

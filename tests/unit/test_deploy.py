@@ -1,0 +1,183 @@
+"""The compose files under deploy/, checked by parsing (no Docker engine needed): services, health
+checks and start order, volumes, loopback-only ports, no literal secrets, pinned MLflow."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+import yaml
+
+from tests.helpers import REPO
+
+DEPLOY = REPO / "deploy"
+COMPOSE_FILES = sorted(DEPLOY.glob("**/compose.yaml"))
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|KEY|TOKEN")
+# ${VAR:?message}, or ${VAR:-${OTHER:?message}}: a value only the environment can supply.
+REQUIRED_REF = re.compile(r"^\$\{[A-Z0-9_]+(:\?[^}]*|:-\$\{[A-Z0-9_]+:\?[^}]*\})\}$")
+LOOPBACK_PORT = re.compile(r"^\$\{BIND_ADDRESS:-127\.0\.0\.1\}:(\d+|\$\{[A-Z_]+:-\d+\}):\d+$")
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def _mlflow() -> dict[str, Any]:
+    return _load(DEPLOY / "mlflow" / "compose.yaml")
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {name: str(value) for name, value in env.items()}
+
+
+def test_every_stack_is_there() -> None:
+    assert {p.parent.name for p in COMPOSE_FILES} == {"mlflow", "data", "jupyter"}
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.parent.name)
+def test_no_literal_secrets(path: Path) -> None:
+    for name, service in _load(path)["services"].items():
+        for key, value in _environment(service).items():
+            if SECRET_NAME.search(key):
+                assert REQUIRED_REF.match(value), f"{path.parent.name}/{name}: {key}={value!r} is not ${{VAR:?…}}"
+
+
+def test_no_secret_values_in_any_deploy_file() -> None:
+    literal = re.compile(r"(?i)(password|secret|token|key)[ \t]*[:=][ \t]*['\"]?[A-Za-z0-9_\-]{8,}")
+    for file in DEPLOY.rglob("*"):
+        if file.is_file():
+            assert not literal.search(file.read_text()), file
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.parent.name)
+def test_ports_publish_on_loopback_by_default(path: Path) -> None:
+    for name, service in _load(path)["services"].items():
+        for port in service.get("ports", []):
+            assert isinstance(port, str) and LOOPBACK_PORT.match(port), f"{name}: {port!r}"
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.parent.name)
+def test_named_volumes_are_declared_and_used(path: Path) -> None:
+    compose = _load(path)
+    declared = set(compose.get("volumes") or {})
+    used = set()
+    for service in compose["services"].values():
+        for mount in service.get("volumes", []):
+            source = mount.split(":", 1)[0]
+            if not source.startswith((".", "/")):
+                used.add(source)
+    assert used == declared, (used, declared)
+    assert declared, "every stack keeps its state in a named volume"
+
+
+def test_mlflow_stack_services_and_health() -> None:
+    services = _mlflow()["services"]
+    assert set(services) == {"postgres", "minio", "minio-buckets", "mlflow"}
+    for name in ("postgres", "minio", "mlflow"):
+        assert services[name]["healthcheck"]["test"], name
+        assert services[name]["restart"] == "unless-stopped", name
+    assert services["mlflow"]["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "minio": {"condition": "service_healthy"},
+        "minio-buckets": {"condition": "service_completed_successfully"},
+    }
+    assert services["minio-buckets"]["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    assert "ports" not in services["postgres"], "the database is reachable from the compose network only"
+
+
+def test_bucket_creation_is_idempotent() -> None:
+    buckets = _mlflow()["services"]["minio-buckets"]
+    script = " ".join([*buckets.get("entrypoint", []), *buckets.get("command", [])])
+    assert "mb --ignore-existing" in script
+    assert "/mlflow-artifacts" in script and "/ray" in script
+    assert buckets["restart"] == "no"
+
+
+def test_mlflow_server_command() -> None:
+    server = _mlflow()["services"]["mlflow"]
+    command = " ".join(server["command"])
+    for flag in (
+        "--backend-store-uri postgresql+psycopg://mlflow@postgres:5432/mlflow",  # password from PGPASSWORD
+        "--artifacts-destination s3://mlflow-artifacts/",
+        "--serve-artifacts",
+        "--app-name basic-auth",
+    ):
+        assert flag in command
+    env = _environment(server)
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    for name in ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert REQUIRED_REF.match(env[name]), name
+    assert "mlflow:5000" in env["MLFLOW_SERVER_ALLOWED_HOSTS"], "the Jupyter container's Host header"
+
+
+def test_mlflow_image_pins_the_mlflow_we_use() -> None:
+    version = mlflow.__version__
+    server = _mlflow()["services"]["mlflow"]
+    assert server["image"].endswith(f":{version}")
+    dockerfile = (DEPLOY / "mlflow" / server["build"]["dockerfile"]).read_text()
+    assert f"FROM ghcr.io/mlflow/mlflow:v{version}\n" in dockerfile
+    assert f'"mlflow[auth]=={version}"' in dockerfile
+    assert "psycopg[binary]" in dockerfile and "boto3" in dockerfile
+
+
+def test_auth_config_holds_no_password() -> None:
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(DEPLOY / "mlflow" / "basic_auth.ini")
+    section = config["mlflow"]
+    assert "admin_password" not in section
+    assert re.match(r"^postgresql\+psycopg://mlflow@postgres:5432/mlflow_auth$", section["database_uri"])
+    assert "mlflow_auth" in (DEPLOY / "mlflow" / "postgres-init" / "10-auth-database.sql").read_text()
+
+
+def test_data_stack_fills_the_food11_volume() -> None:
+    compose = _load(DEPLOY / "data" / "compose.yaml")
+    init = compose["services"]["food11-init"]
+    assert init["command"] == ["mltrain", "data", "prepare", "--dest", "/data/Food-11"]
+    assert "food11:/data" in init["volumes"]
+    assert compose["volumes"]["food11"]["name"] == "food11"
+    context = (DEPLOY / "data" / init["build"]["context"]).resolve()
+    assert context == REPO and (context / init["build"]["dockerfile"]).is_file()
+
+
+def test_jupyter_client() -> None:
+    compose = _load(DEPLOY / "jupyter" / "compose.yaml")
+    jupyter = compose["services"]["jupyter"]
+    env = _environment(jupyter)
+    assert env["MLFLOW_TRACKING_URI"] == "${JUPYTER_MLFLOW_TRACKING_URI:-http://mlflow:5000}"
+    assert env["FOOD11_DATA_DIR"] == "/data/Food-11"
+    assert compose["volumes"]["food11"] == {"external": True, "name": "food11"}
+    network = _mlflow()["networks"]["default"]["name"]
+    assert compose["networks"]["default"] == {"name": network, "external": True}
+    dockerfile = (DEPLOY / "jupyter" / "Dockerfile").read_text()
+    assert "ARG RAY_VERSION=2.60." in dockerfile and '"ray[default]==${RAY_VERSION}"' in dockerfile
+    assert "download.pytorch.org/whl/cpu" in dockerfile
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="no docker client")
+def test_docker_compose_config_accepts_the_files(tmp_path: Path) -> None:
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("docker client without the compose plugin")
+    env_file = tmp_path / "test.env"
+    env_file.write_text("".join(f"{name}=x{index}\n" for index, name in enumerate(_required_vars())))
+    for path in COMPOSE_FILES:
+        done = subprocess.run(
+            ["docker", "compose", "-f", str(path), "--env-file", str(env_file), "config", "--quiet"],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, f"{path}: {done.stderr}"
+
+
+def _required_vars() -> set[str]:
+    text = "".join(path.read_text() for path in COMPOSE_FILES)
+    return set(re.findall(r"\$\{([A-Z0-9_]+):\?", text))
