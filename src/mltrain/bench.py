@@ -168,13 +168,58 @@ def run_bench(
     progress: bool = True,
     loops: Iterable[str] = ("naive", "mltrain"),
 ) -> BenchResult:
-    """Train ``config`` through both loops on ``data_dir`` and measure them."""
+    """Train ``config`` through both loops on ``data_dir`` and measure them.
+
+    Each loop runs in a fresh Python process, so neither inherits the other's warmed-up state
+    (allocator, thread pools, kernel caches) and mltrain's process-wide settings cannot speed up
+    the naive loop.
+    """
     root = Path(data_dir)
     device = select_device(config)
-    wanted = set(loops)
-    naive = naive_loop(root, config, device, progress) if "naive" in wanted else LoopResult("naive")
-    ours = mltrain_loop(root, config, progress) if "mltrain" in wanted else LoopResult("mltrain")
-    return BenchResult(naive=naive, mltrain=ours, machine=machine_info(device), settings=_settings(config, root))
+    results = {name: LoopResult(name) for name in ("naive", "mltrain")}
+    for name in loops:
+        if name not in results:
+            raise ConfigError(f"unknown loop {name!r}; choose naive or mltrain")
+        results[name] = _run_isolated(name, root, config, progress)
+    return BenchResult(
+        naive=results["naive"],
+        mltrain=results["mltrain"],
+        machine=machine_info(device),
+        settings=_settings(config, root),
+    )
+
+
+def run_loop(name: str, root: Path, config: TrainConfig, progress: bool = True) -> LoopResult:
+    """Run one loop in this process."""
+    if name == "naive":
+        return naive_loop(root, config, select_device(config), progress)
+    return mltrain_loop(root, config, progress)
+
+
+def _run_isolated(name: str, root: Path, config: TrainConfig, progress: bool) -> LoopResult:
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mltrain-bench-") as scratch:
+        out = Path(scratch) / "loop.json"
+        command = [sys.executable, "-m", "mltrain.bench", name, str(root), config.model_dump_json(), str(out)]
+        if not progress:
+            command.append("--no-progress")
+        done = subprocess.run(command, check=False)
+        if done.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"the {name} loop failed (exit status {done.returncode}); its output is above")
+        return _loop_from_dict(json.loads(out.read_text()))
+
+
+def _loop_from_dict(raw: dict[str, Any]) -> LoopResult:
+    result = LoopResult(raw["name"], val_accuracy=raw["val_accuracy"], setup_seconds=raw["setup_seconds"])
+    for phase, numbers in raw["phases"].items():
+        fields = {
+            key: numbers[key] for key in ("epochs", "train_images", "train_seconds", "wait_seconds", "epoch_seconds")
+        }
+        result.phases[phase] = PhaseResult(**fields)
+    return result
 
 
 # --- (a) the naive reference loop -------------------------------------------------------------------------
@@ -372,3 +417,17 @@ def _print_epoch(
         f"val_acc {val.accuracy:.3f} time {seconds:.1f}s",
         flush=True,
     )
+
+
+def _main(argv: list[str]) -> None:
+    """``python -m mltrain.bench LOOP DATA CONFIG_JSON OUT_JSON [--no-progress]``: one loop, in this process."""
+    name, root, config_json, out = argv[:4]
+    config = TrainConfig.model_validate_json(config_json)
+    result = run_loop(name, Path(root), config, progress="--no-progress" not in argv)
+    Path(out).write_text(json.dumps(result.as_dict()))
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1:])

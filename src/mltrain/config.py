@@ -76,6 +76,8 @@ class TrainConfig(BaseModel):
     """Keep activations in NHWC memory layout (several times faster convolutions on CPUs)."""
     compile: bool = False
     """Wrap the model in `torch.compile` (measured: no gain on 2-core CPUs; can help on GPUs)."""
+    keep_host_memory: bool = True
+    """Keep freed host memory for reuse (glibc malloc: no mmap/trim) instead of page-faulting it back each step."""
     cache_dir: str | None = None
     """Folder for decoded-image caches; default `MLTRAIN_CACHE_DIR` or ~/.cache/mltrain."""
     output_dir: str = "outputs"

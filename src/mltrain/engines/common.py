@@ -46,6 +46,32 @@ def is_rank_zero() -> bool:
     return all(os.environ.get(name, "0") == "0" for name in _RANK_VARIABLES)
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
+
+
+def keep_host_memory(config: TrainConfig) -> bool:
+    """Make glibc malloc keep freed memory for reuse; True when the setting took effect.
+
+    A training step on a CPU allocates and frees activations of tens to hundreds of MB. glibc serves
+    blocks that large with mmap and gives them back with munmap, so every step page-faults and
+    zeroes them again: measured on 2 cores, that doubled the head-only step time (17.5 -> 8.6 ms per
+    image). Serving them from the heap and never trimming it keeps the memory mapped for the next
+    step; the cost is that the process keeps its peak memory until it exits. This is what jemalloc
+    or tcmalloc achieve when preloaded, without having to preload anything.
+    """
+    import ctypes
+    import platform
+
+    if not config.keep_host_memory or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # pragma: no cover - glibc under another name
+        return False
+    # Heap only (no mmap for large blocks), and never return the heap's top to the system.
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**30 - 1))
+
+
 def select_device(config: TrainConfig) -> torch.device:
     """The device the config asks for; ConfigError when it is not there."""
     wanted = config.accelerator

@@ -62,6 +62,7 @@ from mltrain.engines.common import (
     FitResult,
     autocast_dtype,
     format_epoch,
+    keep_host_memory,
     select_device,
 )
 from mltrain.errors import ConfigError, TrainingInterrupted
@@ -122,6 +123,7 @@ class LightningRecipe:
         self.tracker = tracker
         self.checkpoint_dir = checkpoint_dir
         self.device = select_device(config)
+        keep_host_memory(config)
         pl.seed_everything(config.seed, verbose=False)  # also seeds DistributedSampler shuffling on every rank
         self.module = Food11Module(config)
         self.datamodule = Food11DataModule(data)

@@ -35,6 +35,7 @@ from mltrain.engines.common import (
     autocast_dtype,
     epoch_metrics,
     format_epoch,
+    keep_host_memory,
     select_device,
     timed_batches,
 )
@@ -87,6 +88,7 @@ class TorchRecipe:
         self.progress = progress
         self.on_epoch_end = on_epoch_end
         self.device = select_device(config)
+        keep_host_memory(config)
         self.amp_dtype = autocast_dtype(config, self.device)
         self.model, self.step_model = self._setup_model()
         self.criterion = nn.CrossEntropyLoss()
