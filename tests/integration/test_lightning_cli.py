@@ -117,7 +117,7 @@ def test_ctrl_c_ends_the_run_killed_and_stops_every_process(tiny_data: Path) -> 
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
-        run_id = _wait_for_first_epoch(process)
+        run_id = _wait_for_first_epoch(process, files=("checkpoint.pt", "last.ckpt"))
         children = psutil.Process(process.pid).children(recursive=True)  # rank 1 and the loader workers
         assert any("mltrain" in " ".join(child.cmdline()) for child in children)
         process.send_signal(signal.SIGINT)

@@ -80,7 +80,10 @@ def _start_long_training(data: Path) -> subprocess.Popen:
     )
 
 
-def _wait_for_first_epoch(process: subprocess.Popen, timeout: float = 180) -> str:
+def _wait_for_first_epoch(
+    process: subprocess.Popen, timeout: float = 180, files: tuple[str, ...] = ("checkpoint.pt",)
+) -> str:
+    """The id of the run once its first epoch is logged and ``files`` are saved in its output folder."""
     client = MlflowClient()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -88,7 +91,8 @@ def _wait_for_first_epoch(process: subprocess.Popen, timeout: float = 180) -> st
         exp = client.get_experiment_by_name(metrics.EXPERIMENT) if Path("mlflow.db").exists() else None
         if exp is not None:
             for run in client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'"):
-                if metrics.VAL_LOSS in run.data.metrics:
+                saved = all((Path("outputs") / run.info.run_id / name).is_file() for name in files)
+                if metrics.VAL_LOSS in run.data.metrics and saved:
                     return run.info.run_id
         time.sleep(0.5)
     raise AssertionError("training did not reach its first epoch in time")
