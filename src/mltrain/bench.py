@@ -27,12 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from mltrain import metrics
 from mltrain.config import TrainConfig
 from mltrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from mltrain.engines.common import EpochStats, select_device, timed_batches
+from mltrain.engines.common import FINE_TUNE, HEAD, EpochStats, phase_of, prepare_model, select_device, timed_batches
 from mltrain.errors import ConfigError
-
-HEAD, FINE_TUNE = "head", "fine-tune"
 
 
 @dataclass
@@ -228,7 +227,7 @@ def naive_loop(root: Path, config: TrainConfig, device: torch.device, progress: 
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    from mltrain.model import build_model, head, set_backbone_trainable
+    from mltrain.model import head, set_backbone_trainable
 
     size = config.image_size
     train_tf = transforms.Compose(
@@ -266,12 +265,12 @@ def naive_loop(root: Path, config: TrainConfig, device: torch.device, progress: 
     val_loader = DataLoader(
         datasets.ImageFolder(root / "validation", eval_tf), batch_size=config.batch_size, num_workers=0
     )
-    torch.manual_seed(config.seed)
-    model = build_model(config).to(device)
+    # The same weights as mltrain's loop, but the plain way: default memory layout.
+    model = prepare_model(config.with_overrides(channels_last=False)).to(device)
     criterion = nn.CrossEntropyLoss()
     result = LoopResult("naive")
     for epoch in range(config.total_epochs):
-        phase = HEAD if epoch < config.initial_epochs else FINE_TUNE
+        phase = phase_of(config, epoch)
         if epoch in (0, config.initial_epochs):
             set_backbone_trainable(model, phase == FINE_TUNE)
             params = head(model).parameters() if phase == HEAD else model.parameters()
@@ -320,34 +319,25 @@ def mltrain_loop(root: Path, config: TrainConfig, progress: bool = True) -> Loop
     result.setup_seconds = time.perf_counter() - started
 
     class MeasuredRecipe(TorchRecipe):
-        """The engine's recipe, recording the split of each epoch into training pass and validation."""
-
-        def _run_epoch(self, epoch: int) -> dict[str, float]:
-            self._train_seconds = 0.0
-            values = super()._run_epoch(epoch)
-            phase = HEAD if epoch < config.initial_epochs else FINE_TUNE
-            stats = self._train_stats
-            wait = values["data_wait_fraction"] * values["epoch_time"]
-            result.phases[phase].add(stats, self._train_seconds, wait, values["epoch_time"])
-            result.val_accuracy = values["val_accuracy"]
-            return values
+        """The engine's recipe, also timing each epoch's training pass apart from its validation."""
 
         def _train_epoch(self, epoch: int) -> EpochStats:
             began = time.perf_counter()
-            self._train_stats = super()._train_epoch(epoch)
-            self._train_seconds = time.perf_counter() - began
-            return self._train_stats
+            self.train_pass = super()._train_epoch(epoch), time.perf_counter() - began
+            return self.train_pass[0]
+
+    def record(epoch: int, values: dict[str, float], _checkpoint: Path) -> None:
+        stats, train_seconds = recipe.train_pass
+        epoch_seconds = values[metrics.EPOCH_TIME]
+        wait = values[metrics.DATA_WAIT_FRACTION] * epoch_seconds
+        result.phases[phase_of(config, epoch)].add(stats, train_seconds, wait, epoch_seconds)
+        result.val_accuracy = values[metrics.VAL_ACCURACY]
 
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="mltrain-bench-") as scratch:
-        recipe = MeasuredRecipe(config, data, RunTracker(enabled=False), Path(scratch), progress, None)
-        # Bench measures training, not the test pass or checkpoints' final evaluation.
-        for epoch in range(config.total_epochs):
-            phase = HEAD if epoch < config.initial_epochs else FINE_TUNE
-            if recipe.phase != phase:
-                recipe._setup_phase(phase)
-            recipe._run_epoch(epoch)
+        recipe = MeasuredRecipe(config, data, RunTracker(enabled=False), Path(scratch), progress, record)
+        recipe.run()  # the test pass at the end runs too, but outside the measured epochs
     return result
 
 

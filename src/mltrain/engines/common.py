@@ -37,6 +37,20 @@ class FitResult:
     checkpoint: Path
 
 
+def phase_of(config: TrainConfig, epoch: int) -> str:
+    """HEAD for the first ``initial_epochs`` (0-based), FINE_TUNE after."""
+    return HEAD if epoch < config.initial_epochs else FINE_TUNE
+
+
+def prepare_model(config: TrainConfig) -> torch.nn.Module:
+    """The shared model, seeded (every engine starts from the same weights) and in the configured layout."""
+    from mltrain.model import build_model
+
+    torch.manual_seed(config.seed)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    return build_model(config).to(memory_format=memory_format)
+
+
 def is_rank_zero() -> bool:
     """False in a data-parallel worker that a launcher started (rank > 0): only rank 0 talks to MLflow.
 
@@ -112,27 +126,31 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 @dataclass
 class EpochStats:
-    """Running sums for one pass over a loader."""
+    """Running sums for one pass over a loader.
 
-    loss_sum: float = 0.0
-    correct: int = 0
+    The sums stay tensors on the training device and are read once, at the end: converting them to
+    Python numbers every step would make the CPU wait for the GPU after each batch.
+    """
+
+    loss_sum: torch.Tensor | float = 0.0
+    correct: torch.Tensor | int = 0
     seen: int = 0
     wait_seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         count = labels.shape[0]
-        self.loss_sum += float(loss.detach()) * count
-        self.correct += int((logits.detach().argmax(dim=1) == labels).sum())
+        self.loss_sum = self.loss_sum + loss.detach().float() * count
+        self.correct = self.correct + (logits.detach().argmax(dim=1) == labels).sum()
         self.seen += count
 
     @property
     def loss(self) -> float:
-        return self.loss_sum / max(self.seen, 1)
+        return float(self.loss_sum) / max(self.seen, 1)
 
     @property
     def accuracy(self) -> float:
-        return self.correct / max(self.seen, 1)
+        return int(self.correct) / max(self.seen, 1)
 
     @property
     def elapsed(self) -> float:

@@ -56,13 +56,13 @@ from mltrain.data.module import Food11Data
 from mltrain.data.transforms import to_model_input
 from mltrain.engines.checkpoint import CHECKPOINT_FILE, TrainState, save_checkpoint
 from mltrain.engines.common import (
-    FINE_TUNE,
-    HEAD,
     EpochHook,
     FitResult,
     autocast_dtype,
     format_epoch,
     keep_host_memory,
+    phase_of,
+    prepare_model,
     select_device,
 )
 from mltrain.errors import ConfigError, TrainingInterrupted
@@ -230,9 +230,7 @@ class Food11Module(pl.LightningModule):
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
         self.config = config
-        torch.manual_seed(config.seed)  # the same initial weights as the plain engine
-        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        self.model = build_model(config).to(memory_format=memory_format)
+        self.model = prepare_model(config)  # the same initial weights as the plain engine
         if config.compile:
             self.model.compile()  # in place: checkpoints keep the plain module's parameter names
         self.criterion = nn.CrossEntropyLoss()
@@ -456,8 +454,7 @@ class EpochMetrics(Callback):
         logged = {key: float(value) for key, value in trainer.callback_metrics.items()}
         if trainer.is_global_zero:
             epoch = trainer.current_epoch
-            phase = HEAD if epoch < self.config.initial_epochs else FINE_TUNE
-            print(format_epoch(epoch, self.config.total_epochs, phase, logged), flush=True)
+            print(format_epoch(epoch, self.config.total_epochs, phase_of(self.config, epoch), logged), flush=True)
 
 
 class ResumePoint(Checkpoint):

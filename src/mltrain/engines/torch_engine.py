@@ -36,10 +36,12 @@ from mltrain.engines.common import (
     epoch_metrics,
     format_epoch,
     keep_host_memory,
+    phase_of,
+    prepare_model,
     select_device,
     timed_batches,
 )
-from mltrain.model import build_model, count_trainable, head, set_backbone_trainable
+from mltrain.model import count_trainable, head, set_backbone_trainable
 from mltrain.tracking import RunTracker
 
 log = logging.getLogger(__name__)
@@ -103,10 +105,7 @@ class TorchRecipe:
 
     # --- setup -------------------------------------------------------------------------------------------
     def _setup_model(self) -> tuple[nn.Module, nn.Module]:
-        torch.manual_seed(self.config.seed)
-        model = build_model(self.config)
-        memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
-        model = model.to(self.device, memory_format=memory_format)
+        model = prepare_model(self.config).to(self.device)
         # Checkpoints and MLflow get the plain module; steps may run through the compiled wrapper.
         step_model = torch.compile(model) if self.config.compile else model
         return model, step_model
@@ -132,7 +131,7 @@ class TorchRecipe:
         log.info("resuming at epoch %d from %s", self.state.next_epoch, self.checkpoint_path)
 
     def _phase_of(self, epoch: int) -> str:
-        return HEAD if epoch < self.config.initial_epochs else FINE_TUNE
+        return phase_of(self.config, epoch)
 
     # --- the loop --------------------------------------------------------------------------------------
     def run(self, resume: dict[str, Any] | None = None) -> FitResult:
