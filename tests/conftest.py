@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,11 +28,28 @@ def tiny_copy(tiny_data: Path, tmp_path: Path) -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def hue_tables_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hue lookup tables (128 MB), built once per session. Do not modify."""
+    from mltrain.data.hue import ensure_hue_tables
+
+    path = ensure_hue_tables(tmp_path_factory.mktemp("hue-cache"))
+    assert path is not None
+    return path
+
+
 @pytest.fixture(autouse=True)
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Each test gets its own MLflow sqlite store, cache folder and working directory."""
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hue_tables_file: Path) -> Iterator[Path]:
+    """Each test gets its own MLflow sqlite store, cache folder and working directory.
+
+    The cache folder starts with a hard link to the session's hue tables: they depend only on the
+    installed Pillow, and building them per test would cost 1-2 s and 128 MB of disk each time.
+    """
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLTRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    shared = tmp_path / "cache" / hue_tables_file.relative_to(hue_tables_file.parent.parent)
+    shared.parent.mkdir(parents=True)
+    os.link(hue_tables_file, shared)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")

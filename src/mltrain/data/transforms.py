@@ -3,8 +3,9 @@
 The lab's training transform is Resize -> flip -> rotation -> colour jitter -> ToTensor -> Normalize
 (with a centre crop to make the image square). Resize and crop are deterministic and live in the
 decoded-image cache; the random part runs per image with the same torchvision transforms on the same
-PIL images as the lab, so the augmentation is exactly the lab's; ToTensor/Normalize run batched on
-the training device, in the memory layout the model wants.
+PIL images as the lab, so the augmentation is exactly the lab's (the hue step goes through lookup
+tables that give the same bytes, see :mod:`mltrain.data.hue`); ToTensor/Normalize run batched on the
+training device, in the memory layout the model wants.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from mltrain import env
 from mltrain.config import TrainConfig
+from mltrain.data.hue import ColorJitter, ensure_hue_tables
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,15 +30,17 @@ Augment = Callable[[np.ndarray], np.ndarray]
 
 def build_augment(config: TrainConfig) -> Augment:
     """The random training augmentation, as a function on one (S, S, 3) uint8 image."""
+    tables = ensure_hue_tables(env.cache_dir(config.cache_dir)) if config.color_jitter_hue else None
     pipeline = v2.Compose(
         [
             v2.RandomHorizontalFlip(p=config.random_horizontal_flip),
             v2.RandomRotation(degrees=config.random_rotation),
-            v2.ColorJitter(
+            ColorJitter(
                 brightness=config.color_jitter_brightness,
                 contrast=config.color_jitter_contrast,
                 saturation=config.color_jitter_saturation,
                 hue=config.color_jitter_hue,
+                tables=tables,
             ),
         ]
     )
