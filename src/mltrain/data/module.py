@@ -89,7 +89,7 @@ class LoaderPlan:
             workers = min(max(cores - 1, 1), 16)
         else:
             # On a CPU the model's own compute needs the cores; one loader process hides the
-            # per-image augmentation (~2.7 ms) behind a step (>= 6 ms per image).
+            # per-image augmentation (~1.3 ms) behind a step (>= 6 ms per image).
             workers = 1 if cores > 1 else 0
         return cls(workers=workers, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
 
