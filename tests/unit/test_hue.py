@@ -56,12 +56,15 @@ def test_other_modes_and_bad_factors_behave_like_torchvision(hue_tables_file: Pa
 def test_color_jitter_draws_and_output_match_torchvision(hue_tables_file: Path) -> None:
     settings = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.1}
     ours, reference = hue.ColorJitter(**settings, tables=hue_tables_file), v2.ColorJitter(**settings)
+    table_uses = hue._load.cache_info()
     for seed in range(12):
         image = random_image(seed, size=(40, 40))
         torch.manual_seed(seed)
         got = ours(image)
         torch.manual_seed(seed)
         np.testing.assert_array_equal(np.asarray(got), np.asarray(reference(image)))
+    after = hue._load.cache_info()
+    assert after.hits + after.misses - table_uses.hits - table_uses.misses == 12  # the tables did the hue steps
 
 
 def test_training_augmentation_is_the_labs(hue_tables_file: Path) -> None:

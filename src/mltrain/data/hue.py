@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -80,23 +81,11 @@ class ColorJitter(v2.ColorJitter):
         super().__init__(*args, **kwargs)
         self.tables = tables  # a path, not the arrays: the transform pickles small into spawned workers
 
-    def transform(self, inpt: object, params: dict) -> object:
-        if not isinstance(inpt, Image.Image) or params["hue_factor"] is None:
-            return super().transform(inpt, params)
-        kernels = {
-            0: (F.adjust_brightness, "brightness_factor"),
-            1: (F.adjust_contrast, "contrast_factor"),
-            2: (F.adjust_saturation, "saturation_factor"),
-        }
-        output = inpt
-        for fn_id in params["fn_idx"].tolist():  # in the order torchvision drew
-            if fn_id == 3:
-                output = adjust_hue(output, params["hue_factor"], self.tables)
-                continue
-            kernel, name = kernels[fn_id]
-            if params[name] is not None:
-                output = self._call_kernel(kernel, output, **{name: params[name]})
-        return output
+    def _call_kernel(self, functional: Callable, inpt: object, *args: object, **kwargs: object) -> object:
+        # torchvision's own transform() draws the order and factors; only the hue kernel is swapped.
+        if functional is F.adjust_hue and isinstance(inpt, Image.Image):
+            return adjust_hue(inpt, kwargs["hue_factor"], self.tables)
+        return super()._call_kernel(functional, inpt, *args, **kwargs)
 
 
 # --- the table file ---------------------------------------------------------------------------------------
