@@ -111,14 +111,6 @@ class TrainConfig(BaseModel):
         return list(cls.model_fields)
 
     @classmethod
-    def describe(cls) -> str:
-        """One line per key: name, default and help text."""
-        lines = []
-        for name, info in cls.model_fields.items():
-            lines.append(f"{name:<26} default {info.default!r:<14} {info.description or ''}")
-        return "\n".join(lines)
-
-    @classmethod
     def build(
         cls,
         config_file: str | os.PathLike[str] | None = None,

@@ -27,7 +27,6 @@ EPOCH_METRICS: tuple[str, ...] = (
 """Logged once per epoch with ``step=epoch`` (0-based)."""
 FINAL_METRICS: tuple[str, ...] = (TEST_LOSS, TEST_ACCURACY)
 """Logged once, after training, for the best weights."""
-RUN_METRICS: tuple[str, ...] = (SKIPPED_IMAGES,)
 MODEL_NAME = "food11"
 """Name under which each run logs its model (and the default registered model name)."""
 EXPERIMENT = "food11-classifier"

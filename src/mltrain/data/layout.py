@@ -22,7 +22,6 @@ CLASS_NAMES: tuple[str, ...] = (
     "Vegetable/Fruit",
 )
 SPLITS: tuple[str, ...] = ("training", "validation", "evaluation")
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
 def class_dir_name(label: int) -> str:

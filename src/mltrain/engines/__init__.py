@@ -25,8 +25,3 @@ def get_fit(name: str) -> Callable[..., Any]:
 
         raise ConfigError(f"unknown engine {name!r}; choose one of {', '.join(_ENGINES)}") from None
     return import_module(module).fit
-
-
-def engine_names() -> list[str]:
-    """Names accepted by ``--engine``."""
-    return list(_ENGINES)
