@@ -19,6 +19,24 @@ from mltrain.errors import ConfigError
 
 NUM_CLASSES = 11
 
+CHANGEABLE_ON_RESUME = frozenset(
+    {
+        "total_epochs",
+        "patience",
+        "num_workers",
+        "devices",
+        "accelerator",
+        "precision",
+        "channels_last",
+        "compile",
+        "keep_host_memory",
+        "cache_dir",
+        "output_dir",
+    }
+)
+"""Keys a resumed training may change: they extend the training or steer where and how fast it runs. Every
+other key decides the model, the data or the optimisation already done, and must keep its checkpointed value."""
+
 
 class TrainConfig(BaseModel):
     """Everything that decides how a model is trained. Validated when constructed."""
@@ -65,7 +83,7 @@ class TrainConfig(BaseModel):
     seed: int = Field(42, ge=0)
     """Seed for weights init, shuffling and augmentation."""
     engine: Literal["torch", "lightning"] = "torch"
-    """Training engine: `torch` (a plain loop) or `lightning` (PyTorch Lightning with MLflow autolog)."""
+    """Training engine: `torch` (a plain loop) or `lightning` (PyTorch Lightning, one or several devices)."""
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     """Where to train: `auto` picks a GPU when there is one."""
     devices: int | Literal["auto"] = "auto"
@@ -115,14 +133,16 @@ class TrainConfig(BaseModel):
         cls,
         config_file: str | os.PathLike[str] | None = None,
         overrides: Iterable[str] | Mapping[str, Any] = (),
+        base: TrainConfig | None = None,
     ) -> TrainConfig:
-        """Defaults, then the YAML file, then ``key=value`` overrides; raises ConfigError when invalid.
+        """Defaults (or ``base``), then the YAML file, then ``key=value`` overrides; ConfigError when invalid.
 
         Args:
             config_file: Optional YAML mapping of keys to values.
             overrides: ``"key=value"`` strings (values parsed as YAML scalars) or a mapping.
+            base: A config to start from instead of the defaults.
         """
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = base.model_dump() if base is not None else {}
         if config_file is not None:
             values.update(load_yaml(config_file))
         values.update(parse_overrides(overrides))
@@ -151,6 +171,36 @@ class TrainConfig(BaseModel):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(yaml.safe_dump(self.model_dump(), sort_keys=False))
         return target
+
+
+def resolve_resume(
+    saved: Mapping[str, Any],
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    given: TrainConfig | None = None,
+) -> tuple[TrainConfig, dict[str, tuple[Any, Any]]]:
+    """The config of a resumed training: the checkpoint's, then ``given``, the YAML file and the overrides.
+
+    Returns the config and what changed (``{key: (checkpointed, new)}``). Raises ConfigError, before anything
+    else happens, when a change touches a key outside :data:`CHANGEABLE_ON_RESUME`, naming the key and its
+    checkpointed value.
+    """
+    base = TrainConfig.from_mapping(saved)
+    requested: dict[str, Any] = dict(given.model_dump()) if given is not None else {}
+    if config_file is not None:
+        requested.update(load_yaml(config_file))
+    requested.update(parse_overrides(overrides))
+    resolved = TrainConfig.from_mapping({**base.model_dump(), **requested})
+    before, after = base.model_dump(), resolved.model_dump()
+    changes = {key: (before[key], after[key]) for key in before if before[key] != after[key]}
+    forbidden = [key for key in changes if key not in CHANGEABLE_ON_RESUME]
+    if forbidden:
+        detail = "; ".join(f"{key}: checkpoint has {changes[key][0]!r}, asked {changes[key][1]!r}" for key in forbidden)
+        raise ConfigError(
+            f"cannot change {', '.join(forbidden)} when resuming ({detail}): it decides the model, the data or the "
+            f"optimisation already done. Keys that may change on resume: {', '.join(sorted(CHANGEABLE_ON_RESUME))}"
+        )
+    return resolved, changes
 
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

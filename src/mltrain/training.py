@@ -1,21 +1,33 @@
-"""``train()``: the Python API behind ``mltrain train`` — data, MLflow run, engine, summary."""
+"""``train()``: the Python API behind ``mltrain train`` — checks, data, MLflow run, engine, summary.
+
+The process that calls :func:`train` owns the training's MLflow run: it creates it (or re-attaches to it
+when resuming) only after everything that can be checked has been — config, checkpoint, data, device —
+so a mistake leaves no run behind and a resume that cannot start leaves its run exactly as it was.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mltrain
-from mltrain import metrics
-from mltrain.config import TrainConfig
-from mltrain.errors import TrainingInterrupted
+from mltrain import env, metrics
+from mltrain.config import TrainConfig, resolve_resume
+from mltrain.errors import ConfigError, TrainingInterrupted
+
+log = logging.getLogger(__name__)
+
+RESUMES_TAG = "mltrain.resumes"
+"""Run tag: how many times the training was resumed; ``mltrain.resume.<n>`` says what changed the n-th time."""
 
 
 @dataclass
@@ -57,9 +69,35 @@ class TrainResult:
         return "\n".join(lines)
 
 
+@dataclass
+class ResumeHint:
+    """Attached to an interrupt that stopped a training (``exc.resume_hint``): how to continue it."""
+
+    run_id: str
+    folder: Path
+
+    def __str__(self) -> str:
+        return (
+            f"run {self.run_id} ended KILLED; its checkpoint is in {self.folder}\n"
+            f"continue it with: mltrain train --resume {self.folder}"
+        )
+
+
+@dataclass
+class _Plan:
+    """Everything decided before any MLflow run is touched."""
+
+    config: TrainConfig
+    changes: dict[str, tuple[Any, Any]]
+    checkpoint: dict[str, Any] | None
+    data_dir: Path
+
+
 def train(
     config: TrainConfig | None = None,
     *,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    config_file: str | os.PathLike[str] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     experiment: str = metrics.EXPERIMENT,
     tracking_uri: str | None = None,
@@ -69,51 +107,119 @@ def train(
 ) -> TrainResult:
     """Train a Food-11 classifier and track it in MLflow.
 
+    The config is ``config`` (default: the lab's defaults), then ``config_file``, then ``overrides``. When
+    resuming, it starts from the checkpoint's config instead, and only the keys in
+    :data:`mltrain.config.CHANGEABLE_ON_RESUME` may differ from it (ConfigError otherwise).
+
     Args:
-        config: The configuration; default: the lab's defaults (or, when resuming, the checkpoint's).
-        data_dir: Food-11 folder; default ``FOOD11_DATA_DIR`` or ``./Food-11``.
+        config: The configuration, or None for the defaults (or, when resuming, the checkpoint's).
+        overrides: ``key=value`` strings or a mapping applied on top, e.g. ``{"total_epochs": 12}``.
+        config_file: A YAML file of config keys applied before ``overrides``.
+        data_dir: Food-11 folder; default: when resuming, the checkpoint's; else ``FOOD11_DATA_DIR`` or
+            ``./Food-11``.
         experiment: MLflow experiment name.
         tracking_uri: MLflow tracking URI; default ``MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``.
         run_name: Name for a new run.
-        resume: A checkpoint file or folder (``<output_dir>/<run_id>``) to continue, in its own run.
+        resume: A checkpoint folder (or its ``checkpoint.pt``, or a run id under ``output_dir``) to
+            continue, in its own MLflow run: the next epochs run exactly as they would have without the stop.
         progress: Show progress bars.
     """
+    from mltrain.engines.common import is_rank_zero
+
+    started = time.perf_counter()
+    plan = _plan(config, overrides, config_file, data_dir, resume)
+    # Lightning's DDP launcher re-runs this call for ranks 1..N-1 with its rank variables set: read them
+    # once, here; below, the rank travels explicitly (the tracker is enabled on rank 0 only).
+    return _run(plan, experiment, tracking_uri, run_name, progress, is_rank_zero(), started)
+
+
+def _plan(
+    config: TrainConfig | None,
+    overrides: Iterable[str] | Mapping[str, Any],
+    config_file: str | os.PathLike[str] | None,
+    data_dir: str | os.PathLike[str] | None,
+    resume: str | os.PathLike[str] | None,
+) -> _Plan:
+    """Resolve the config, the checkpoint and the data folder; raise before anything is changed."""
+    from mltrain.engines.checkpoint import find_checkpoint, load_checkpoint
+    from mltrain.engines.common import select_device
+
+    if resume is None:
+        plan = _Plan(TrainConfig.build(config_file, overrides, base=config), {}, None, env.data_dir(data_dir))
+    else:
+        output_dir = config.output_dir if config is not None else TrainConfig().output_dir
+        checkpoint = load_checkpoint(find_checkpoint(resume, output_dir))
+        state = checkpoint["state"]
+        resolved, changes = resolve_resume(state.config, config_file, overrides, given=config)
+        _check_something_to_do(state, resolved)
+        saved_data = Path(state.data_dir) if state.data_dir else None
+        if data_dir is None and saved_data is not None and saved_data.is_dir():
+            data_dir = saved_data
+        plan = _Plan(resolved, changes, checkpoint, env.data_dir(data_dir))
+    select_device(plan.config)  # a missing accelerator is a usage error, found before the run exists
+    return plan
+
+
+def _check_something_to_do(state: Any, config: TrainConfig) -> None:
+    if not state.finished:
+        return
+    if state.next_epoch >= config.total_epochs:
+        raise ConfigError(
+            f"run {state.run_id} already finished after {state.next_epoch} epoch(s); to train it further, resume "
+            f"with a larger total_epochs, e.g. --set total_epochs={state.next_epoch + 5}"
+        )
+    if state.stale_epochs >= config.patience:
+        raise ConfigError(
+            f"run {state.run_id} stopped early: {state.stale_epochs} fine-tuning epoch(s) without a lower val_loss "
+            f"(patience {config.patience}); to train it further, resume with a larger patience, e.g. "
+            f"--set patience={state.stale_epochs + 3}"
+        )
+
+
+def _run(
+    plan: _Plan,
+    experiment: str,
+    tracking_uri: str | None,
+    run_name: str | None,
+    progress: bool,
+    rank_zero: bool,
+    started: float,
+) -> TrainResult:
     import mlflow
 
     from mltrain.data.module import Food11Data
     from mltrain.engines import get_fit
-    from mltrain.engines.checkpoint import load_checkpoint
-    from mltrain.engines.common import is_rank_zero
-    from mltrain.tracking import RunTracker, git_state, gpu_info_text
+    from mltrain.tracking import RunTracker, gpu_info_text
 
-    started = time.perf_counter()
-    checkpoint = load_checkpoint(resume) if resume is not None else None
-    if config is None:
-        config = TrainConfig.from_mapping(checkpoint["state"].config) if checkpoint else TrainConfig()
+    config, checkpoint = plan.config, plan.checkpoint
     fit = get_fit(config.engine)
     # Data problems surface here, before any MLflow run exists.
-    data = Food11Data(data_dir, config, progress=progress).setup()
-    commit, dirty = git_state(Path.cwd())
-    tags = {"mltrain.version": mltrain.__version__, "mltrain.engine": config.engine}
-    if commit:
-        tags.update({"mlflow.source.git.commit": commit, "mltrain.git_commit": commit, "mltrain.git_dirty": str(dirty)})
+    data = Food11Data(plan.data_dir, config, progress=progress).setup()
     tracker = RunTracker(
         experiment=experiment,
         tracking_uri=tracking_uri,
         run_id=checkpoint["state"].run_id if checkpoint else None,
         run_name=run_name,
-        # A DDP worker re-runs this command (Lightning's launcher): only rank 0 may create or log the run.
-        enabled=is_rank_zero(),
-        tags=tags,
+        enabled=rank_zero,
+        tags=_run_tags(config) if checkpoint is None else None,
     )
-    with _sigterm_as_exception(), tracker:
-        run_dir = Path(config.output_dir) / str(tracker.run_id)
-        if checkpoint is None and tracker.enabled:
-            tracker.log_params(config.to_params())
-            tracker.log_text(gpu_info_text(), metrics.GPU_INFO_ARTIFACT)
-            tracker.log_artifact(config.save_yaml(run_dir / metrics.CONFIG_ARTIFACT))
-            tracker.log_metrics({metrics.SKIPPED_IMAGES: data.skipped_images}, step=0)
-        result = fit(config, data, tracker, run_dir, resume=checkpoint, progress=progress)
+    with _sigterm_as_exception(), tracker, _resume_hint_on_interrupt(tracker, checkpoint, config):
+        folder = checkpoint["folder"] if checkpoint else Path(config.output_dir) / str(tracker.run_id)
+        if checkpoint is None:
+            if tracker.enabled:
+                tracker.log_params(config.to_params())
+                tracker.log_text(gpu_info_text(), metrics.GPU_INFO_ARTIFACT)
+                tracker.log_artifact(config.save_yaml(folder / metrics.CONFIG_ARTIFACT))
+                tracker.log_metrics({metrics.SKIPPED_IMAGES: data.skipped_images}, step=0)
+        else:
+            _record_resume(tracker, plan.changes)
+            if tracker.enabled:
+                config.save_yaml(folder / metrics.CONFIG_ARTIFACT)
+        try:
+            result = fit(config, data, tracker, folder, resume=checkpoint, progress=progress)
+        finally:
+            # However the training ends, the run gets its best model and every epoch before it is closed.
+            model_uri = finalize_run(tracker, folder, quiet=sys.exc_info()[0] is not None)
     return TrainResult(
         run_id=tracker.run_id,
         experiment=experiment,
@@ -123,11 +229,78 @@ def train(
         best_val_loss=result.best_val_loss,
         epochs_run=result.epochs_run,
         stopped_early=result.stopped_early,
-        model_uri=result.model_uri,
+        model_uri=model_uri,
         checkpoint=result.checkpoint,
         skipped_images=data.skipped_images,
         wall_seconds=time.perf_counter() - started,
     )
+
+
+def finalize_run(tracker: Any, folder: Path, quiet: bool = False) -> str | None:
+    """Complete a run from its checkpoint folder before the run ends: every epoch, then the best model.
+
+    The training loop only keeps the best weights (in ``checkpoint.pt``) and queues its metrics; this runs
+    once, off the loop, in the process that owns the run — also when the training was interrupted or
+    failed, so a KILLED run still has its best model. Returns the model's URI (None without a checkpoint
+    or on a rank that does not track).
+
+    Args:
+        tracker: The run's tracker (still open).
+        folder: The training's checkpoint folder.
+        quiet: An exception is already on its way: report a failure here as a warning instead of raising it.
+    """
+    from mltrain.engines.checkpoint import CHECKPOINT_FILE, load_checkpoint
+    from mltrain.model import build_model
+
+    if not (tracker.enabled and (folder / CHECKPOINT_FILE).is_file()):
+        return None
+    try:
+        payload = load_checkpoint(folder)
+        state = payload["state"]
+        filled = tracker.verify_history(state.history)
+        if filled:
+            log.warning("epoch(s) %s had not reached MLflow; logged them from the checkpoint", filled)
+        weights = payload.get("best_weights") or payload["model"]
+        config = TrainConfig.from_mapping(state.config)
+        model = build_model(config.with_overrides(pretrained=False))  # the weights come from the checkpoint
+        model.load_state_dict(weights)
+        return tracker.log_model(model, config.image_size, step=max(state.best_epoch, 0))
+    except Exception as exc:
+        if not quiet:
+            raise
+        log.warning("could not log the best model of run %s: %s (it stays in %s)", tracker.run_id, exc, folder)
+        return None
+
+
+def _run_tags(config: TrainConfig) -> dict[str, str]:
+    from mltrain.tracking import git_state
+
+    commit, dirty = git_state(Path.cwd())
+    tags = {"mltrain.version": mltrain.__version__, "mltrain.engine": config.engine}
+    if commit:
+        tags.update({"mlflow.source.git.commit": commit, "mltrain.git_commit": commit, "mltrain.git_dirty": str(dirty)})
+    return tags
+
+
+def _record_resume(tracker: Any, changes: Mapping[str, tuple[Any, Any]]) -> None:
+    """Tags: params cannot change in MLflow, so what a resume changed is written down as the n-th resume."""
+    if not tracker.enabled:
+        return
+    count = int(tracker.tag_value(RESUMES_TAG) or 0) + 1
+    described = "; ".join(f"{key}: {old} -> {new}" for key, (old, new) in changes.items()) or "no changes"
+    tracker.set_tags({RESUMES_TAG: str(count), f"mltrain.resume.{count}": described})
+
+
+@contextlib.contextmanager
+def _resume_hint_on_interrupt(tracker: Any, checkpoint: dict[str, Any] | None, config: TrainConfig) -> Iterator[None]:
+    """Give an interrupt the run id and the folder to resume from (the CLI prints them)."""
+    try:
+        yield
+    except (KeyboardInterrupt, TrainingInterrupted) as exc:
+        if tracker.run_id is not None:
+            folder = checkpoint["folder"] if checkpoint else Path(config.output_dir) / str(tracker.run_id)
+            exc.resume_hint = ResumeHint(tracker.run_id, folder)  # type: ignore[union-attr]
+        raise
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from PIL import Image
 
 from mltrain import metrics
 from mltrain.config import TrainConfig
+from mltrain.engines.checkpoint import load_checkpoint
 from tests.helpers import MLTRAIN, TINY_TRAIN, run_cli
 
 pytestmark = pytest.mark.integration
@@ -100,7 +101,7 @@ def _wait_for_first_epoch(
 
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_ends_the_run_killed(tiny_data: Path, sig: signal.Signals, exit_code: int) -> None:
+def test_signal_ends_the_run_killed_and_names_the_resume(tiny_data: Path, sig: signal.Signals, exit_code: int) -> None:
     process = _start_long_training(tiny_data)
     try:
         run_id = _wait_for_first_epoch(process)
@@ -111,8 +112,9 @@ def test_signal_ends_the_run_killed(tiny_data: Path, sig: signal.Signals, exit_c
             process.kill()
     assert process.returncode == exit_code, stderr
     assert MlflowClient().get_run(run_id).info.status == "KILLED"
-    checkpoint = Path("outputs") / run_id / "checkpoint.pt"
-    assert checkpoint.is_file()  # nothing lost: the run can be resumed
+    folder = Path("outputs") / run_id
+    assert (folder / "checkpoint.pt").is_file()  # nothing lost: the run can be resumed
+    assert f"run {run_id} ended KILLED" in stderr and f"mltrain train --resume {folder}" in stderr
 
     # a new training starts cleanly afterwards
     done = run_cli("train", "--data", str(tiny_data), *TINY_TRAIN, "--no-progress")
@@ -122,6 +124,52 @@ def test_signal_ends_the_run_killed(tiny_data: Path, sig: signal.Signals, exit_c
         for r in MlflowClient().search_runs([MlflowClient().get_experiment_by_name(metrics.EXPERIMENT).experiment_id])
     )
     assert statuses == ["FINISHED", "KILLED"]
+
+
+@pytest.mark.timeout(400)
+def test_resume_continues_the_interrupted_run_exactly(tiny_data: Path) -> None:
+    process = _start_long_training(tiny_data)
+    try:
+        run_id = _wait_for_first_epoch(process)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    folder = Path("outputs") / run_id
+    client = MlflowClient()
+    before = client.get_run(run_id)
+
+    refused = run_cli("train", "--resume", str(folder), "--set", "image_size=96", "--no-progress")
+    assert refused.returncode == 2 and "image_size" in refused.stderr and "64" in refused.stderr, refused.stderr
+    after = client.get_run(run_id)
+    assert (after.info.status, after.data.tags, after.data.params) == (
+        before.info.status,
+        before.data.tags,
+        before.data.params,
+    )
+
+    done_epochs = load_checkpoint(folder)["state"].next_epoch
+    total = done_epochs + 2
+    # The README's short form: no --data (the checkpoint remembers it), only what changes.
+    resumed = run_cli("train", "--resume", str(folder), "--set", f"total_epochs={total}", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and f"run {run_id}" in resumed.stdout
+    for key in metrics.EPOCH_METRICS:
+        assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(total)), key
+    assert run.data.params == before.data.params
+    assert run.data.tags["mltrain.resume.1"] == f"total_epochs: 200 -> {total}"
+
+    # the same training without a stop gives the same numbers, epoch for epoch
+    args = [*TINY_TRAIN, "--set", f"total_epochs={total}", "--set", "patience=200", "--experiment", "reference"]
+    reference = run_cli("train", "--data", str(tiny_data), *args, "--no-progress")
+    assert reference.returncode == 0, reference.stderr
+    reference_id = _only_run("reference").info.run_id
+    for key in (metrics.TRAIN_LOSS, metrics.VAL_LOSS):
+        values = [sorted(client.get_metric_history(r, key), key=lambda m: m.step) for r in (run_id, reference_id)]
+        assert [m.value for m in values[0]] == pytest.approx([m.value for m in values[1]], rel=1e-6), key
 
 
 @pytest.mark.timeout(300)

@@ -146,3 +146,19 @@ def test_cli_config_show() -> None:
     assert done.returncode == 0, done.stderr
     assert "total_epochs: 30" in done.stdout
     assert "initial_epochs: 5" in done.stdout
+
+
+def test_resume_keeps_the_checkpoint_config_and_allows_only_steering_keys() -> None:
+    from mltrain.config import resolve_resume
+
+    saved = TrainConfig(image_size=96, total_epochs=8, pretrained=False).model_dump()
+    config, changes = resolve_resume(saved, overrides=["total_epochs=12", "num_workers=0"])
+    assert config.image_size == 96 and config.total_epochs == 12  # the checkpoint's config, not the defaults
+    assert changes == {"total_epochs": (8, 12), "num_workers": ("auto", 0)}
+    assert resolve_resume(saved)[1] == {}
+    with pytest.raises(ConfigError, match=r"image_size: checkpoint has 96, asked 224"):
+        resolve_resume(saved, overrides=["image_size=224"])
+    with pytest.raises(ConfigError, match=r"cannot change batch_size, seed"):
+        resolve_resume(saved, overrides={"batch_size": 64, "seed": 1})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        resolve_resume(saved, overrides=["epochs=3"])

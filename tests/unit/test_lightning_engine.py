@@ -1,5 +1,6 @@
 """The Lightning engine in-process on one CPU: steps, the two phases, interrupts and resuming."""
 
+import shutil
 import signal
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,12 +12,15 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.tracking import MlflowClient
 
-from mltrain import metrics
+from mltrain import metrics, training
 from mltrain.config import TrainConfig
 from mltrain.data.module import Food11Data
 from mltrain.data.transforms import to_model_input
 from mltrain.engines import common, torch_engine
-from mltrain.engines import lightning_engine as engine
+from mltrain.engines import lightning as engine
+from mltrain.engines.checkpoint import load_checkpoint
+from mltrain.engines.lightning import callbacks, recipe
+from mltrain.engines.lightning.module import Food11Module
 from mltrain.errors import TrainingInterrupted
 from mltrain.model import count_trainable
 from mltrain.tracking import RunTracker
@@ -37,10 +41,14 @@ def _history(run_id: str, key: str) -> list[int]:
     return [m.step for m in MlflowClient().get_metric_history(run_id, key)]
 
 
+def _values(run_id: str, key: str) -> list[float]:
+    return [m.value for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
 def test_steps_log_the_shared_metrics_over_the_shared_data_path(tiny_data: Path) -> None:
     config = TrainConfig(**TINY)
     data = Food11Data(tiny_data, config, progress=False).setup()
-    module = engine.Food11Module(config)
+    module = Food11Module(config)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     validated = trainer.validate(module, dataloaders=data.val_dataloader(), verbose=False)[0]
     tested = trainer.test(module, dataloaders=data.test_dataloader(), verbose=False)[0]
@@ -79,18 +87,17 @@ class _PhaseRecorder(Callback):
 def test_backbone_frozen_in_phase_one_then_trained_at_fine_tune_lr(tiny_data: Path, tmp_path: Path) -> None:
     config = TrainConfig(**{**TINY, "lr": 1e-3, "fine_tune_lr": 1e-4})
     data = Food11Data(tiny_data, config, progress=False).setup()
-    recipe = engine.LightningRecipe(config, data, RunTracker(enabled=False), tmp_path, False, None)
+    recipe_ = engine.LightningRecipe(config, data, RunTracker(enabled=False), tmp_path, False, None)
     recorder = _PhaseRecorder()
-    recipe.trainer.callbacks.append(recorder)  # after TwoPhaseFinetuning: sees each epoch as it trains
+    recipe_.trainer.callbacks.append(recorder)  # after TwoPhaseFinetuning: sees each epoch as it trains
 
-    result = recipe.run()
+    result = recipe_.run()
 
-    full = sum(p.numel() for p in recipe.module.model.parameters())
+    full = sum(p.numel() for p in recipe_.module.model.parameters())
     assert recorder.trainable == [HEAD_ONLY, full]
     assert recorder.lrs == [[1e-3], [1e-4, 1e-4]]  # head alone at lr; then head and backbone at fine_tune_lr
     assert recorder.adam_state_at_start[1] == 0  # phase 2 starts with fresh Adam moments, as the plain engine
     assert result.epochs_run == 2 and result.best_epoch == 1 and not result.stopped_early
-    assert result.model_uri is None  # a disabled tracker logs nothing
     assert {p.name for p in tmp_path.iterdir()} >= {"best.ckpt", "last.ckpt", "checkpoint.pt"}
 
 
@@ -132,8 +139,8 @@ def test_backbone_is_frozen_only_after_ddp_wraps_the_model() -> None:
     # DDP registers the parameters that require gradients when it is built (between setup and on_fit_start);
     # a backbone frozen in setup would never have its gradients averaged after unfreezing.
     config = TrainConfig(**TINY)
-    module = engine.Food11Module(config)
-    finetuning = engine.TwoPhaseFinetuning(config)
+    module = Food11Module(config)
+    finetuning = callbacks.TwoPhaseFinetuning(config)
     trainer = SimpleNamespace(optimizers=[])
     finetuning.setup(trainer, module, "fit")
     assert count_trainable(module.model) > HEAD_ONLY
@@ -149,9 +156,9 @@ def test_best_checkpoint_and_early_stopping_ignore_the_head_phase(
     for hook in ("on_train_epoch_end", "on_validation_end"):
         monkeypatch.setattr(callback, hook, lambda self, trainer, module, hook=hook: calls.append(hook))
     fine_tune_only = (
-        engine.BestCheckpoint(tmp_path, start_epoch=2)
+        callbacks.BestCheckpoint(tmp_path, start_epoch=2)
         if callback is ModelCheckpoint
-        else engine.FineTuneEarlyStopping(2, patience=1)
+        else callbacks.FineTuneEarlyStopping(2, patience=1)
     )
     for epoch in range(4):
         trainer = SimpleNamespace(current_epoch=epoch)
@@ -171,7 +178,7 @@ def test_early_stopping_and_best_weights_count_fine_tuning_epochs_only(
         value = torch.tensor(val_losses[self.current_epoch])
         self.log_dict({metrics.VAL_LOSS: value, metrics.VAL_ACCURACY: value}, on_epoch=True, batch_size=1)
 
-    monkeypatch.setattr(engine.Food11Module, "validation_step", validation_step)
+    monkeypatch.setattr(Food11Module, "validation_step", validation_step)
     config = TrainConfig(**{**TINY, "total_epochs": 4, "patience": 1})
     data = Food11Data(tiny_data, config, progress=False).setup()
     result = engine.fit(config, data, RunTracker(enabled=False), tmp_path, progress=False)
@@ -179,9 +186,35 @@ def test_early_stopping_and_best_weights_count_fine_tuning_epochs_only(
     assert result.best_epoch == 1 and result.best_val_loss == pytest.approx(0.9)
 
 
+class _Launcher:
+    def __init__(self, procs: list) -> None:
+        self.procs = procs
+
+    def kill(self, signum: int) -> None:
+        for proc in self.procs:
+            proc.send_signal(signum)
+
+
 class _Trainer:
-    def __init__(self, interrupted: bool) -> None:
+    def __init__(self, interrupted: bool, procs: list | None = None) -> None:
         self.interrupted = interrupted
+        self.strategy = SimpleNamespace(launcher=_Launcher(procs) if procs is not None else None)
+
+
+def test_after_an_interrupt_the_other_ranks_are_stopped_and_the_watcher_has_nothing_left() -> None:
+    import subprocess
+    import sys
+
+    ranks = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2)]
+    trainer = _Trainer(interrupted=True, procs=list(ranks))
+
+    def lightning_after_ctrl_c() -> None:
+        raise SystemExit(1)
+
+    with pytest.raises(KeyboardInterrupt):
+        recipe._call(trainer, lightning_after_ctrl_c)
+    assert [rank.poll() for rank in ranks] == [-signal.SIGKILL, -signal.SIGKILL]
+    assert trainer.strategy.launcher.procs == []  # Lightning's watcher thread reads this list
 
 
 def test_interrupts_lightning_swallows_are_given_back() -> None:
@@ -195,45 +228,59 @@ def test_interrupts_lightning_swallows_are_given_back() -> None:
         raise SystemExit(1)
 
     with pytest.raises(KeyboardInterrupt):
-        engine._call(_Trainer(interrupted=True), exits_ignoring_sigint)
+        recipe._call(_Trainer(interrupted=True), exits_ignoring_sigint)
     assert signal.getsignal(signal.SIGINT) is previous  # Ctrl+C works again afterwards
     with pytest.raises(SystemExit):
-        engine._call(_Trainer(interrupted=False), exits)
+        recipe._call(_Trainer(interrupted=False), exits)
 
     def sigterm() -> None:
         raise SIGTERMException
 
     with pytest.raises(TrainingInterrupted):
-        engine._call(_Trainer(interrupted=True), sigterm)
+        recipe._call(_Trainer(interrupted=True), sigterm)
 
 
-def test_interrupted_training_resumes_in_the_same_run(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_save = engine.save_checkpoint
+def test_interrupted_training_resumes_exactly_from_a_copied_folder(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = train(TrainConfig(**{**TINY, "total_epochs": 4}), data_dir=tiny_data, progress=False)
+
+    real_save = callbacks.save_checkpoint
     saved = []
 
-    def save_then_interrupt(*args, **kwargs):
+    def save_then_stop(*args, **kwargs):
         saved.append(real_save(*args, **kwargs))
-        raise KeyboardInterrupt  # as if Ctrl+C arrived right after epoch 0's checkpoints
+        if len(saved) == 2:
+            raise KeyboardInterrupt  # Ctrl+C right after epoch 1's checkpoints, before MLflow got epoch 1
 
-    monkeypatch.setattr(engine, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(callbacks, "save_checkpoint", save_then_stop)
+    real_finalize = training.finalize_run  # as after a kill -9: nothing runs after the checkpoint write
+    monkeypatch.setattr(training, "finalize_run", lambda *args, **kwargs: None)
     with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(**TINY), data_dir=tiny_data, progress=False)
-    run_dir = saved[0].parent
-    run_id = run_dir.name
+        train(TrainConfig(**{**TINY, "total_epochs": 3}), data_dir=tiny_data, progress=False)
+    run_id = saved[0].parent.name
     assert MlflowClient().get_run(run_id).info.status == "KILLED"
     assert _history(run_id, metrics.VAL_LOSS) == [0]
 
-    monkeypatch.setattr(engine, "save_checkpoint", real_save)
-    resumed = train(data_dir=tiny_data, resume=run_dir, progress=False)
-    assert resumed.run_id == run_id and resumed.epochs_run == 2
+    monkeypatch.setattr(callbacks, "save_checkpoint", real_save)
+    monkeypatch.setattr(training, "finalize_run", real_finalize)
+    copy = tmp_path / "moved"
+    shutil.copytree(saved[0].parent, copy)  # another place (another machine, or Ray's storage)
+    resumed = train(resume=copy, overrides={"total_epochs": 4}, progress=False)
+    assert resumed.run_id == run_id and resumed.epochs_run == 4
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED"
     for key in metrics.EPOCH_METRICS:
-        assert _history(run_id, key) == [0, 1], key
-    assert _history(run_id, metrics.TEST_ACCURACY) == [0]
+        assert _history(run_id, key) == [0, 1, 2, 3], key
+    assert _history(run_id, metrics.TEST_ACCURACY) == [3]
+    assert run.data.tags["mltrain.resume.1"] == "total_epochs: 3 -> 4"
     by_step = {m.step: m.value for m in MlflowClient().get_metric_history(run_id, metrics.TRAINABLE_PARAMS)}
-    assert by_step[0] == HEAD_ONLY and by_step[1] > 2_000_000  # resumed in phase 2: the backbone trains
+    assert by_step[0] == HEAD_ONLY and by_step[3] > 2_000_000  # resumed in phase 2: the backbone trains
     assert run.data.tags["mltrain.best_model_uri"] == resumed.model_uri
+    for key in (metrics.TRAIN_LOSS, metrics.VAL_LOSS):
+        assert _values(run_id, key) == pytest.approx(_values(reference.run_id, key), rel=1e-5), key
+    state = load_checkpoint(copy)["state"]
+    assert state.finished and state.next_epoch == 4 and (copy / "last.ckpt").is_file()
 
 
 def test_only_rank_zero_counts_as_the_lead(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -244,9 +291,3 @@ def test_only_rank_zero_counts_as_the_lead(monkeypatch: pytest.MonkeyPatch) -> N
     assert common.is_rank_zero()
     monkeypatch.setenv("LOCAL_RANK", "1")  # Lightning's ddp launcher re-running the command as rank 1
     assert not common.is_rank_zero()
-
-
-def test_autolog_keys_cover_what_it_adds_to_the_config() -> None:
-    keys = engine.autolog_param_keys()
-    assert {"epochs", "optimizer_name", "lr", "betas", "eps", "weight_decay"} <= keys
-    assert not (keys - {"lr", "patience"}) & set(TrainConfig.keys())  # only these two may overlap the config

@@ -1,12 +1,17 @@
+import shutil
 from pathlib import Path
 
+import mlflow
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
-from mltrain import metrics
+from mltrain import metrics, training
 from mltrain.config import TrainConfig
 from mltrain.engines import checkpoint as checkpoint_module
 from mltrain.engines import torch_engine
+from mltrain.engines.checkpoint import load_checkpoint
+from mltrain.errors import ConfigError
 from mltrain.training import train
 
 TINY = {"initial_epochs": 1, "total_epochs": 2, "pretrained": False, "image_size": 64, "batch_size": 16}
@@ -14,6 +19,10 @@ TINY = {"initial_epochs": 1, "total_epochs": 2, "pretrained": False, "image_size
 
 def _history(run_id: str, key: str) -> list[int]:
     return [m.step for m in MlflowClient().get_metric_history(run_id, key)]
+
+
+def _values(run_id: str, key: str) -> list[float]:
+    return [m.value for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
 def test_train_api_end_to_end(tiny_data: Path) -> None:
@@ -29,54 +38,116 @@ def test_train_api_end_to_end(tiny_data: Path) -> None:
     assert f"run {result.run_id}" in result.summary() and "test_accuracy" in result.summary()
 
 
-def test_interrupted_training_resumes_in_the_same_run(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_training_resumes_exactly(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The reference: 4 epochs without a stop.
+    reference = train(TrainConfig(**{**TINY, "total_epochs": 4}), data_dir=tiny_data, progress=False)
+
+    # Stopped right after epoch 1's checkpoint, before MLflow got that epoch (the worst moment), then resumed
+    # with more epochs: the run must end as if nothing had happened.
     real_save = checkpoint_module.save_checkpoint
-    calls = []
+    saved = []
 
-    def save_then_interrupt(*args, **kwargs):
-        path = real_save(*args, **kwargs)
-        calls.append(path)
-        raise KeyboardInterrupt  # as if Ctrl+C arrived right after epoch 0's checkpoint
+    def save_then_stop(*args, **kwargs):
+        saved.append(real_save(*args, **kwargs))
+        if len(saved) == 2:
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch_engine, "save_checkpoint", save_then_interrupt)
-    config = TrainConfig(**{**TINY, "total_epochs": 3})
-    with pytest.raises(KeyboardInterrupt):
-        train(config, data_dir=tiny_data, progress=False)
-    run_dir = calls[0].parent
-    run_id = run_dir.name
+    monkeypatch.setattr(torch_engine, "save_checkpoint", save_then_stop)
+    # As after a kill -9: nothing runs after the checkpoint write (normally the run's end logs epoch 1 from it).
+    real_finalize = training.finalize_run
+    monkeypatch.setattr(training, "finalize_run", lambda *args, **kwargs: None)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train(TrainConfig(**{**TINY, "total_epochs": 3}), data_dir=tiny_data, progress=False)
+    folder = saved[0].parent
+    run_id = folder.name
+    assert stopped.value.resume_hint.run_id == run_id and stopped.value.resume_hint.folder == folder
     assert MlflowClient().get_run(run_id).info.status == "KILLED"
-    assert _history(run_id, metrics.VAL_LOSS) == [0]
+    assert _history(run_id, metrics.VAL_LOSS) == [0]  # epoch 1 is only in the checkpoint
 
     monkeypatch.setattr(torch_engine, "save_checkpoint", real_save)
-    resumed = train(data_dir=tiny_data, resume=run_dir, progress=False)
-    assert resumed.run_id == run_id
-    assert MlflowClient().get_run(run_id).info.status == "FINISHED"
-    assert _history(run_id, metrics.VAL_LOSS) == [0, 1, 2]
-    assert _history(run_id, metrics.TEST_ACCURACY) == [0]
+    monkeypatch.setattr(training, "finalize_run", real_finalize)
+    resumed = train(resume=folder, overrides=["total_epochs=4"], progress=False)  # no data_dir: the checkpoint's
+    assert resumed.run_id == run_id and resumed.epochs_run == 4
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key in metrics.EPOCH_METRICS:
+        assert _history(run_id, key) == [0, 1, 2, 3], key
+    assert _history(run_id, metrics.TEST_ACCURACY) == [3]
+    assert run.data.params["total_epochs"] == "3"  # params never change; the resume tag says what did
+    assert run.data.tags["mltrain.resumes"] == "1"
+    assert run.data.tags["mltrain.resume.1"] == "total_epochs: 3 -> 4"
+    for key in (metrics.TRAIN_LOSS, metrics.VAL_LOSS, metrics.VAL_ACCURACY):
+        assert _values(run_id, key) == pytest.approx(_values(reference.run_id, key), rel=1e-6, abs=1e-7), key
+    assert resumed.test_loss == pytest.approx(reference.test_loss, rel=1e-6)
 
 
-class _NoTracker:
-    run_id = None
+def test_an_interrupted_run_gets_its_epochs_and_best_model(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_save = checkpoint_module.save_checkpoint
+    saved = []
 
-    def __init__(self) -> None:
-        self.models: list[int] = []
+    def save_then_stop(*args, **kwargs):
+        saved.append(real_save(*args, **kwargs))
+        if len(saved) == 2:
+            raise KeyboardInterrupt  # after epoch 1's checkpoint, before MLflow got epoch 1
 
-    def log_model(self, model, image_size, step=None):
-        self.models.append(step)
-        return f"models:/m-{step}"
+    monkeypatch.setattr(torch_engine, "save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**{**TINY, "total_epochs": 3}), data_dir=tiny_data, progress=False)
+    run = MlflowClient().get_run(saved[0].parent.name)
+    assert run.info.status == "KILLED"
+    assert _history(run.info.run_id, metrics.VAL_LOSS) == [0, 1]  # epoch 1 came from the checkpoint
+    model = mlflow.pytorch.load_model(run.data.tags["mltrain.best_model_uri"])  # the best weights so far
+    assert model.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 11)
 
 
-def test_early_stopping_and_best_model(tiny_data: Path, tmp_path: Path) -> None:
+def test_a_finished_run_can_be_extended_and_a_forbidden_change_touches_nothing(tiny_data: Path) -> None:
+    first = train(TrainConfig(**TINY), data_dir=tiny_data, progress=False)
+    folder = first.checkpoint.parent
+    before = MlflowClient().get_run(first.run_id)
+    for overrides, named in ((["image_size=96"], "image_size"), (["lr=0.1", "seed=3"], "lr, seed"), ([], "already")):
+        with pytest.raises(ConfigError, match=named):
+            train(resume=first.run_id, overrides=overrides, progress=False)  # a run id, found under outputs/
+    after = MlflowClient().get_run(first.run_id)
+    assert (after.info.status, after.data.tags, after.data.params) == (
+        before.info.status,
+        before.data.tags,
+        before.data.params,
+    )
+
+    extended = train(resume=folder, overrides={"total_epochs": 3}, progress=False)
+    assert extended.run_id == first.run_id and extended.epochs_run == 3
+    assert _history(first.run_id, metrics.VAL_LOSS) == [0, 1, 2]
+    assert _history(first.run_id, metrics.TEST_ACCURACY) == [1, 2]  # the test of each end, at its last epoch
+
+
+def test_resume_from_a_copy_of_the_checkpoint_folder(tiny_data: Path, tmp_path: Path) -> None:
+    first = train(TrainConfig(**TINY), data_dir=tiny_data, progress=False)
+    copy = tmp_path / "elsewhere" / "ckpt"
+    shutil.copytree(first.checkpoint.parent, copy)
+    extended = train(resume=copy, overrides={"total_epochs": 3}, data_dir=tiny_data, progress=False)
+    assert extended.run_id == first.run_id and extended.checkpoint == copy / "checkpoint.pt"
+    assert load_checkpoint(copy)["state"].next_epoch == 3
+    assert load_checkpoint(first.checkpoint)["state"].next_epoch == 2  # the original folder is left as it was
+
+
+def test_early_stopping_keeps_the_best_weights_without_logging_a_model(tiny_data: Path, tmp_path: Path) -> None:
     from mltrain.data.module import Food11Data
+    from mltrain.tracking import RunTracker
 
     config = TrainConfig(**{**TINY, "total_epochs": 10, "patience": 2})
     data = Food11Data(tiny_data, config, progress=False).setup()
-    tracker = _NoTracker()
+    tracker = RunTracker(enabled=False)
     recipe = torch_engine.TorchRecipe(config, data, tracker, tmp_path, False, None)
     recipe._setup_phase(torch_engine.FINE_TUNE)
+    kept = []
     for epoch, val_loss in enumerate([1.0, 0.8, 0.9, 0.7, 0.75, 0.76], start=1):
+        with torch.no_grad():
+            next(recipe.model.parameters()).add_(1.0)  # weights that differ from epoch to epoch
         recipe._track_best(epoch, val_loss)
-    assert tracker.models == [1, 2, 4]  # logged whenever val_loss improved
+        kept.append(recipe.best_weights)
+    assert kept[0] is not kept[1] and kept[2] is kept[1] and kept[3] is not kept[2]  # copied on each improvement
+    first = next(iter(kept[3].values()))
+    assert torch.allclose(first, next(recipe.model.parameters()) - 2.0)  # epoch 4 weights, two steps back
     assert recipe.state.best_epoch == 4 and recipe.state.best_val_loss == 0.7
     assert recipe.state.stopped_early  # two epochs (5, 6) without improvement
 

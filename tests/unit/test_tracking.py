@@ -4,7 +4,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from mltrain.config import TrainConfig
-from mltrain.errors import TrainingInterrupted
+from mltrain.errors import TrackingError, TrainingInterrupted
 from mltrain.model import build_model
 from mltrain.tracking import BEST_MODEL_TAG, RunTracker, gpu_info_text
 
@@ -116,3 +116,41 @@ def test_logged_model_takes_any_batch_and_image_size() -> None:
 def test_gpu_info_mentions_torch() -> None:
     text = gpu_info_text()
     assert "torch " in text and "cuda available:" in text
+
+
+def test_each_step_is_logged_once_whatever_restarts() -> None:
+    with RunTracker(experiment="t", system_metrics=False) as first:
+        first.log_metrics({"val_loss": 0.9, "val_accuracy": 0.1}, step=0)
+        first.log_metrics({"val_loss": 0.8}, step=1)
+    # A resumed training re-attaches: it re-runs epoch 1 and replays a checkpoint history holding 0..2.
+    with RunTracker(experiment="t", run_id=first.run_id, system_metrics=False) as again:
+        again.log_metrics({"val_loss": 0.8, "val_accuracy": 0.2}, step=1)  # only val_accuracy is new at step 1
+        filled = again.log_history({0: {"val_loss": 0.9, "val_accuracy": 0.1}, 2: {"val_loss": 0.7}})
+    assert filled == [2]
+    client = MlflowClient()
+    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "val_loss")] == [
+        (0, 0.9),
+        (1, 0.8),
+        (2, 0.7),
+    ]
+    assert [m.step for m in client.get_metric_history(first.run_id, "val_accuracy")] == [0, 1]
+    assert _status(first.run_id) == "FINISHED"
+
+
+def test_a_worker_attaches_logs_and_never_ends_the_run() -> None:
+    owner = RunTracker(experiment="t", system_metrics=False)
+    owner.start()
+    try:
+        with RunTracker(run_id=owner.run_id, owner=False) as worker:
+            worker.log_metrics({"train_loss": 1.5}, step=0)
+            worker.set_tags({"mltrain.ray.restarts": "0"})
+        assert _status(owner.run_id) == "RUNNING"  # the worker left the run to its owner
+    finally:
+        owner.end("FINISHED")
+    run = MlflowClient().get_run(owner.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["train_loss"] == 1.5
+    assert run.data.tags["mltrain.ray.restarts"] == "0"
+    with pytest.raises(ValueError):
+        RunTracker(owner=False)
+    with pytest.raises(TrackingError):
+        RunTracker(run_id="0" * 32, owner=False).start()

@@ -40,7 +40,11 @@ def train(
     accelerator: Annotated[str | None, typer.Option(help="auto, cpu, gpu or mps.")] = None,
     run_name: Annotated[str | None, typer.Option(help="Name of the MLflow run.")] = None,
     resume: Annotated[
-        Path | None, typer.Option(help="Continue a stopped training from its checkpoint folder, in the same run.")
+        Path | None,
+        typer.Option(
+            help="Continue a stopped or finished training in its MLflow run: its checkpoint folder, or its run id "
+            "(under output_dir). --set may change only keys like total_epochs and patience."
+        ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars over batches.")] = True,
 ) -> None:
@@ -53,21 +57,26 @@ def train(
     Examples:
       mltrain train --data Food-11
       mltrain train --config my.yaml --set lr=3e-4 --set total_epochs=10
-      mltrain train --resume outputs/<run_id>
+      mltrain train --resume outputs/<run_id> --set total_epochs=30
     """
-    from mltrain.config import TrainConfig
+    from mltrain.errors import TrainingInterrupted
     from mltrain.training import train as run_training
 
-    overrides = _overrides(set_, engine=engine, devices=devices, accelerator=accelerator)
-    resolved = TrainConfig.build(config, overrides) if (config or overrides or resume is None) else None
-    result = run_training(
-        resolved,
-        data_dir=data,
-        experiment=experiment,
-        run_name=run_name,
-        resume=resume,
-        progress=progress,
-    )
+    try:
+        result = run_training(
+            config_file=config,
+            overrides=_overrides(set_, engine=engine, devices=devices, accelerator=accelerator),
+            data_dir=data,
+            experiment=experiment,
+            run_name=run_name,
+            resume=resume,
+            progress=progress,
+        )
+    except (KeyboardInterrupt, TrainingInterrupted) as exc:
+        hint = getattr(exc, "resume_hint", None)
+        if hint is not None:  # which run stopped, and the command that continues it
+            print(hint, file=sys.stderr, flush=True)
+        raise
     print(result.summary())
 
 

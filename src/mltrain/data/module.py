@@ -14,6 +14,7 @@ from mltrain import env
 from mltrain.config import TrainConfig
 from mltrain.data.cache import DecodedSplit, available_cpus, cache_entry_dir, load_or_build
 from mltrain.data.layout import SPLITS, check_layout, list_samples
+from mltrain.data.sampling import EpochSampler, SampleKey
 from mltrain.data.transforms import Augment, build_augment
 from mltrain.errors import DataError
 
@@ -27,7 +28,8 @@ class CachedImages(Dataset[Batch]):
     """One split of decoded images; ``__getitems__`` returns a whole uint8 batch at once.
 
     The memory map is opened lazily in each process, so the dataset pickles cheaply into
-    DataLoader workers and Ray workers.
+    DataLoader workers and Ray workers. Given (index, seed) keys, as :class:`EpochSampler` yields them,
+    each image is augmented from its own seed: the result does not depend on the process that does it.
     """
 
     def __init__(self, split: DecodedSplit, augment: Augment | None = None) -> None:
@@ -52,14 +54,28 @@ class CachedImages(Dataset[Batch]):
         images, labels = self.__getitems__([index])
         return images[0], labels[0]
 
-    def __getitems__(self, indices: list[int]) -> Batch:
+    def __getitems__(self, keys: list[int] | list[SampleKey]) -> Batch:
+        seeded = bool(keys) and isinstance(keys[0], tuple)
+        indices = [key[0] for key in keys] if seeded else keys
         slots = self.split.valid[np.asarray(indices, dtype=np.int64)]
         pixels = self._pixels()[slots]  # (B, S, S, 3) copy out of the memory map
         if self.augment is not None:
-            pixels = np.stack([self.augment(image) for image in pixels])
+            pixels = np.stack(self._augmented(pixels, [key[1] for key in keys] if seeded else None))
         images = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)
         labels = torch.from_numpy(self.split.labels[slots])
         return images, labels
+
+    def _augmented(self, pixels: np.ndarray, seeds: list[int] | None) -> list[np.ndarray]:
+        if seeds is None:
+            return [self.augment(image) for image in pixels]
+        # torchvision draws from torch's default CPU generator; borrow it per image and give it back, so that
+        # with num_workers=0 the training process's own stream (dropout) is not disturbed.
+        with torch.random.fork_rng(devices=[]):
+            augmented = []
+            for image, seed in zip(pixels, seeds, strict=True):
+                torch.default_generator.manual_seed(seed)
+                augmented.append(self.augment(image))
+        return augmented
 
 
 def pass_batch(batch: Batch) -> Batch:
@@ -142,15 +158,22 @@ class Food11Data:
         """Usable images per split."""
         return {name: len(split) for name, split in self.splits.items()}
 
-    def train_dataloader(self, device: torch.device | str = "cpu", seed: int | None = None) -> DataLoader:
-        """Shuffled, augmented training batches of ``batch_size`` uint8 images."""
+    def train_dataloader(self, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> DataLoader:
+        """Shuffled, augmented training batches of ``batch_size`` uint8 images: this rank's share.
+
+        The order and the augmentation of an epoch derive from (seed, epoch) alone (see
+        :mod:`mltrain.data.sampling`): call ``loader.sampler.set_epoch(epoch)`` before each epoch (Lightning
+        does), and a resumed training sees exactly the batches it would have seen without the stop.
+        """
         plan = LoaderPlan.for_device(self.config, torch.device(device))
-        generator = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
+        split = self._split(TRAIN)
         return DataLoader(
-            CachedImages(self._split(TRAIN), build_augment(self.config)),
+            CachedImages(split, build_augment(self.config)),
             batch_size=self.config.batch_size,
-            shuffle=True,
-            generator=generator,
+            sampler=EpochSampler(len(split), self.config.seed, rank=rank, world_size=world_size),
+            # The loader's own generator: drawing its worker seed from torch's global one would shift the
+            # dropout stream by one draw whenever a loader starts (only after a restart, with persistent workers).
+            generator=torch.Generator().manual_seed(self.config.seed),
             collate_fn=pass_batch,
             num_workers=plan.workers,
             pin_memory=plan.pin_memory,
@@ -159,21 +182,24 @@ class Food11Data:
             worker_init_fn=_worker_init if plan.workers else None,
         )
 
-    def val_dataloader(self, device: torch.device | str = "cpu") -> DataLoader:
-        """Validation batches in file order, no augmentation."""
-        return self._eval_loader(VAL, device)
+    def val_dataloader(self, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> DataLoader:
+        """Validation batches in file order, no augmentation; with several ranks, each sample on one rank only."""
+        return self._eval_loader(VAL, device, rank, world_size)
 
-    def test_dataloader(self, device: torch.device | str = "cpu") -> DataLoader:
-        """Evaluation (test) batches in file order, no augmentation."""
-        return self._eval_loader(TEST, device)
+    def test_dataloader(self, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> DataLoader:
+        """Evaluation (test) batches in file order, no augmentation; each sample on one rank only."""
+        return self._eval_loader(TEST, device, rank, world_size)
 
-    def _eval_loader(self, split: str, device: torch.device | str) -> DataLoader:
+    def _eval_loader(self, split: str, device: torch.device | str, rank: int, world_size: int) -> DataLoader:
         # Without augmentation a batch is one slice of the memory map: no worker processes needed.
+        # No padding: a sample repeated to even out the ranks would count twice in val/test metrics.
+        size = len(self._split(split))
         return DataLoader(
             CachedImages(self._split(split)),
             # The training batch size: larger eval batches measured slower on CPUs (new kernel shapes).
             batch_size=self.config.batch_size,
-            shuffle=False,
+            sampler=EpochSampler(size, self.config.seed, shuffle=False, rank=rank, world_size=world_size, pad=False),
+            generator=torch.Generator().manual_seed(self.config.seed),
             collate_fn=pass_batch,
             num_workers=0,
             pin_memory=torch.device(device).type == "cuda",

@@ -12,7 +12,7 @@ from typing import Any
 
 _ENGINES = {
     "torch": "mltrain.engines.torch_engine",
-    "lightning": "mltrain.engines.lightning_engine",
+    "lightning": "mltrain.engines.lightning",
 }
 
 

@@ -32,7 +32,6 @@ class FitResult:
     best_val_loss: float
     test_loss: float
     test_accuracy: float
-    model_uri: str | None
     stopped_early: bool
     checkpoint: Path
 
@@ -49,6 +48,11 @@ def prepare_model(config: TrainConfig) -> torch.nn.Module:
     torch.manual_seed(config.seed)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     return build_model(config).to(memory_format=memory_format)
+
+
+def weights_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the model's weights (what a checkpoint keeps as best or latest)."""
+    return {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
 
 
 def is_rank_zero() -> bool:

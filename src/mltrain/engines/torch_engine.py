@@ -9,7 +9,6 @@ a Ray Train worker.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from mltrain import metrics
 from mltrain.config import TrainConfig
 from mltrain.data.module import Food11Data
+from mltrain.data.sampling import seed_epoch
 from mltrain.data.transforms import to_model_input
 from mltrain.engines.checkpoint import CHECKPOINT_FILE, TrainState, save_checkpoint
 from mltrain.engines.common import (
@@ -40,6 +40,7 @@ from mltrain.engines.common import (
     prepare_model,
     select_device,
     timed_batches,
+    weights_copy,
 )
 from mltrain.model import count_trainable, head, set_backbone_trainable
 from mltrain.tracking import RunTracker
@@ -63,7 +64,8 @@ def fit(
         data: Food-11 data after ``setup()``.
         tracker: The run to log into (already started; a no-op tracker on ranks other than 0).
         checkpoint_dir: Where ``checkpoint.pt`` is written after every epoch.
-        resume: A checkpoint from :func:`mltrain.engines.checkpoint.load_checkpoint` to continue from.
+        resume: A checkpoint from :func:`mltrain.engines.checkpoint.load_checkpoint` to continue from: the
+            next epoch runs exactly as it would have without the stop (same batches, augmentation, dropout).
         on_epoch_end: Called after each epoch with (epoch, metrics, checkpoint path), e.g. to report
             to Ray Train.
         progress: Show a progress bar over batches.
@@ -98,7 +100,7 @@ class TorchRecipe:
         self.train_loader = data.train_dataloader(self.device)
         self.val_loader = data.val_dataloader(self.device)
         self.test_loader = data.test_dataloader(self.device)
-        self.state = TrainState(run_id=tracker.run_id, config=config.model_dump())
+        self.state = TrainState(run_id=tracker.run_id, config=config.model_dump(), data_dir=str(data.root.resolve()))
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.phase: str | None = None
@@ -120,14 +122,23 @@ class TorchRecipe:
         self.phase = phase
 
     def _restore(self, resume: dict[str, Any]) -> None:
+        data_dir = self.state.data_dir
         self.state = resume["state"]
         self.state.run_id = self.tracker.run_id or self.state.run_id
+        self.state.config, self.state.data_dir = self.config.model_dump(), data_dir
+        # A larger patience on resume lets a training that stopped early go on.
+        self.state.stopped_early = self.state.stale_epochs >= self.config.patience
+        self.state.finished = False
         self.model.load_state_dict(resume["model"])
         self.best_weights = resume.get("best_weights")
         if self.state.next_epoch < self.config.total_epochs:
             self._setup_phase(self._phase_of(self.state.next_epoch))
             if resume.get("optimizer") is not None and self._phase_of(self.state.next_epoch - 1) == self.phase:
                 self.optimizer.load_state_dict(resume["optimizer"])
+        # Epochs the checkpoint finished but MLflow never received (killed between the two) are logged now.
+        filled = self.tracker.log_history(self.state.history)
+        if filled:
+            log.info("logged epoch(s) %s from the checkpoint's history", filled)
         log.info("resuming at epoch %d from %s", self.state.next_epoch, self.checkpoint_path)
 
     def _phase_of(self, epoch: int) -> str:
@@ -150,12 +161,12 @@ class TorchRecipe:
         started = time.perf_counter()
         train_stats = self._train_epoch(epoch)
         val_stats = self.evaluate(self.val_loader, "validate")
-        values = epoch_metrics(train_stats, val_stats, time.perf_counter() - started, count_trainable(self.model))
-        self.tracker.log_metrics(values, step=epoch)
-        print(format_epoch(epoch, self.config.total_epochs, self.phase or "", values), flush=True)
-        return values
+        return epoch_metrics(train_stats, val_stats, time.perf_counter() - started, count_trainable(self.model))
 
     def _train_epoch(self, epoch: int) -> EpochStats:
+        # Everything random in this epoch derives from (seed, epoch): a resumed training repeats it exactly.
+        seed_epoch(self.config.seed, epoch)
+        self.train_loader.sampler.set_epoch(epoch)
         self.model.train()
         stats = EpochStats()
         bar = tqdm(
@@ -194,7 +205,12 @@ class TorchRecipe:
         if self.phase == FINE_TUNE:
             self._track_best(epoch, values[metrics.VAL_LOSS])
         self.state.next_epoch = epoch + 1
+        self.state.history[epoch] = values
+        # Checkpoint first, then MLflow: a stop between the two leaves the epoch in the checkpoint's history,
+        # and the resumed training logs it from there (RunTracker skips steps the run already has).
         save_checkpoint(self.checkpoint_path, self.state, self.model, self.optimizer, self.best_weights)
+        self.tracker.log_epoch(epoch, values)
+        print(format_epoch(epoch, self.config.total_epochs, self.phase or "", values), flush=True)
         if self.on_epoch_end is not None:
             self.on_epoch_end(epoch, values, self.checkpoint_path)
 
@@ -203,8 +219,9 @@ class TorchRecipe:
             self.state.best_val_loss = val_loss
             self.state.best_epoch = epoch
             self.state.stale_epochs = 0
-            self.best_weights = copy.deepcopy(self.model.state_dict())
-            self.state.model_uri = self.tracker.log_model(self.model, self.config.image_size, step=epoch)
+            # Kept here and in checkpoint.pt: safe if the training dies. The MLflow model is made from them when
+            # the training ends (any way it ends), off the training loop (see mltrain.training.finalize_run).
+            self.best_weights = weights_copy(self.model)
             return
         self.state.stale_epochs += 1
         if self.state.stale_epochs >= self.config.patience:
@@ -212,25 +229,27 @@ class TorchRecipe:
             print(f"early stopping: no lower val_loss for {self.config.patience} epoch(s)", flush=True)
 
     def _finish(self) -> FitResult:
+        # The checkpoint keeps the latest weights (a later resume continues from them); the test uses the best.
+        latest = weights_copy(self.model)
         if self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
-        elif self.state.model_uri is None:
+        else:
             # No fine-tuning epoch ran (total_epochs == initial_epochs): the final weights are the model.
             self.state.best_val_loss = self.evaluate(self.val_loader, "validate").loss
             self.state.best_epoch = self.state.next_epoch - 1
-            self.state.model_uri = self.tracker.log_model(
-                self.model, self.config.image_size, step=max(self.state.best_epoch, 0)
-            )
         test = self.evaluate(self.test_loader, "test")
-        self.tracker.log_metrics({metrics.TEST_LOSS: test.loss, metrics.TEST_ACCURACY: test.accuracy})
-        save_checkpoint(self.checkpoint_path, self.state, self.model, None, self.best_weights)
+        # At the last epoch's step: a run extended later gets its new test numbers at a new step.
+        self.tracker.log_metrics(
+            {metrics.TEST_LOSS: test.loss, metrics.TEST_ACCURACY: test.accuracy}, step=max(self.state.next_epoch - 1, 0)
+        )
+        self.state.finished = True
+        save_checkpoint(self.checkpoint_path, self.state, latest, self.optimizer, self.best_weights)
         return FitResult(
             epochs_run=self.state.next_epoch,
             best_epoch=self.state.best_epoch,
             best_val_loss=self.state.best_val_loss if math.isfinite(self.state.best_val_loss) else float("nan"),
             test_loss=test.loss,
             test_accuracy=test.accuracy,
-            model_uri=self.state.model_uri,
             stopped_early=self.state.stopped_early,
             checkpoint=self.checkpoint_path,
         )

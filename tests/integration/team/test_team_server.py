@@ -105,11 +105,12 @@ def test_train_against_team_server(
     assert logged_by_member.status_code == 200, logged_by_member.text
 
 
-@pytest.mark.timeout(420)
-def test_training_survives_a_server_outage(
+@pytest.mark.timeout(600)
+def test_training_keeps_training_through_a_server_outage(
     tracking_server: TrackingServer, team_env: dict[str, str], tiny_data: Path, tmp_path: Path
 ) -> None:
-    args = [*TINY_TRAIN, "--set", "total_epochs=4", "--set", "patience=50", "--no-progress"]
+    epochs = 40
+    args = [*TINY_TRAIN, "--set", f"total_epochs={epochs}", "--set", "patience=50", "--no-progress"]
     stderr_file = tmp_path / "trainer.stderr"
     with stderr_file.open("w") as stderr_sink:
         trainer = subprocess.Popen(
@@ -119,42 +120,45 @@ def test_training_survives_a_server_outage(
             text=True,
             env={**os.environ, **team_env},
         )
-    lines: list[str] = []
+    lines: list[tuple[float, str]] = []
     first_epoch = threading.Event()
 
     def read_stdout() -> None:
         for line in trainer.stdout:
-            lines.append(line)
+            lines.append((time.monotonic(), line))
             if re.match(r"epoch\s+1/", line):
                 first_epoch.set()
 
     reader = threading.Thread(target=read_stdout, daemon=True)
     reader.start()
     try:
-        assert first_epoch.wait(timeout=180), "".join(lines)
+        assert first_epoch.wait(timeout=180), "".join(line for _, line in lines)
         tracking_server.kill()
         killed_at = time.monotonic()
-        time.sleep(20)
-        assert trainer.poll() is None, "the training ended during the outage:\n" + "".join(lines)
+        time.sleep(30)
+        back_at = time.monotonic()
         tracking_server.start()
-        outage = time.monotonic() - killed_at
-        trainer.wait(timeout=300)
+        trainer.wait(timeout=400)
     finally:
         if trainer.poll() is None:
             trainer.kill()
             trainer.wait()
     reader.join(timeout=10)
-    stdout, stderr = "".join(lines), stderr_file.read_text()
+    stdout, stderr = "".join(line for _, line in lines), stderr_file.read_text()
     assert trainer.returncode == 0, f"{stdout}\n{stderr}"
-    assert outage >= 20
-    assert len(re.findall(r"^epoch\s+\d+/4 ", stdout, re.MULTILINE)) == 4, stdout
+    epoch_lines = [at for at, line in lines if re.match(rf"epoch\s+\d+/{epochs} ", line)]
+    assert len(epoch_lines) == epochs, stdout
+    # Logging is queued: the loop did not wait for the server. (Synchronous logging trained no epoch at all
+    # while the server was down: each call sat in its retries.)
+    during = [at for at in epoch_lines if killed_at < at < back_at]
+    assert len(during) >= 3, f"only {len(during)} epoch(s) finished during the 30 s outage:\n{stdout}"
 
     run_id = _run_id(stdout)
     client = MlflowClient()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     for key in metrics.EPOCH_METRICS:
-        assert _steps(client, run_id, key) == [0, 1, 2, 3], key
+        assert _steps(client, run_id, key) == list(range(epochs)), key
     for key in metrics.FINAL_METRICS:
         assert len(client.get_metric_history(run_id, key)) == 1, key
     # The system-metrics thread waited out the outage (its requests retried too) and ended with the run.
