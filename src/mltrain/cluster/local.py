@@ -245,6 +245,16 @@ class LocalCluster:
 
     # ---- queries ---------------------------------------------------------------------------------------
 
+    @property
+    def address(self) -> str:
+        """The GCS address (``ray.init(address=…)``)."""
+        return self.state.address
+
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard / Jobs API URL."""
+        return self.state.dashboard_url
+
     def connection(self) -> ClusterConnection:
         """How clients reach this cluster (dashboard, GCS address, token)."""
         connection = resolve_cluster(self.state.dashboard_url, self.cluster_dir)
