@@ -63,6 +63,7 @@ def local_cluster(
         yield cluster
     finally:
         cluster.down()
-        left = [process.pid for node in cluster.state.nodes for process in node_processes(cluster.state.cluster_id, node)]
+        state = cluster.state
+        left = [process.pid for node in state.nodes for process in node_processes(state.cluster_id, node)]
         assert not left, f"processes of the test cluster left behind: {left}"
-        assert not Path(cluster.state.temp_root).exists()
+        assert not Path(state.temp_root).exists()

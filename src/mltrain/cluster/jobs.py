@@ -349,9 +349,9 @@ def _fits(node: Any, wanted: dict[str, float], labels: dict[str, str]) -> bool:
     return _has_labels(node, labels) and all(total.get(name, 0) >= amount for name, amount in wanted.items())
 
 
-def _closeness(node: Any, wanted: dict[str, float]) -> tuple[int, float]:
-    """How near the node comes: resources it covers, then the smallest have/want ratio."""
+def _closeness(node: Any, wanted: dict[str, float]) -> tuple[int, float, float]:
+    """How near the node comes: resources it covers, the smallest have/want ratio, then its size."""
     total = node.resources_total or {}
     covered = sum(total.get(name, 0) >= amount for name, amount in wanted.items())
     ratio = min((total.get(name, 0) / amount for name, amount in wanted.items()), default=0.0)
-    return covered, ratio
+    return covered, ratio, total.get("GPU", 0) + total.get("CPU", 0)

@@ -16,7 +16,8 @@ from tests.ray_fixtures import local_cluster
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """One cluster for a whole test module: a head and 2 workers, 1 CPU and 1 logical GPU each."""
-    with local_cluster(tmp_path_factory.mktemp("ray-cluster"), workers=2, cpus_per_worker=1, gpus_per_worker=1) as cluster:
+    state_dir = tmp_path_factory.mktemp("ray-cluster")
+    with local_cluster(state_dir, workers=2, cpus_per_worker=1, gpus_per_worker=1) as cluster:
         yield cluster
 
 

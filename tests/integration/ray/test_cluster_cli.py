@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ def _row(status_text: str, node: str) -> str:
     raise AssertionError(f"no row for {node} in:\n{status_text}")
 
 
-def _status_until(predicate, timeout: float) -> str:  # noqa: ANN001 - a callable on the status text
+def _status_until(predicate: Callable[[str], bool], timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while True:
         done = run_cli("cluster", "status")
@@ -54,7 +55,8 @@ def test_up_status_stop_start_worker_down(tmp_path: Path, record_property: pytes
         for worker in ("worker-0", "worker-1"):
             assert _row(status, worker).split()[1:4] == ["ALIVE", "0/1", "0/1"]
 
-        submitted = run_cli("submit", "--cpus", "1", "--label", "mltrain.io/worker=1", "--no-wait", "--", "sleep", "600")
+        on_worker_1 = ["--cpus", "1", "--label", "mltrain.io/worker=1", "--no-wait"]
+        submitted = run_cli("submit", *on_worker_1, "--", "sleep", "600")
         assert submitted.returncode == 0, submitted.stderr
         job = submitted.stdout.strip()
         status = _status_until(lambda text: job in _row(text, "worker-1"), timeout=60)

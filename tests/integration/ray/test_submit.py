@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def on_cluster(ray_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Lo
     return ray_cluster
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001 - a zero-argument callable
+def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
