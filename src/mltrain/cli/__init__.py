@@ -39,6 +39,7 @@ SUBCOMMANDS: list[tuple[str | None, str, object]] = [
     ("stack", "init-ray", stack_commands.stack_init_ray),
     ("cluster", "up", cluster_commands.cluster_up),
     ("cluster", "status", cluster_commands.cluster_status),
+    ("cluster", "env", cluster_commands.cluster_env),
     ("cluster", "down", cluster_commands.cluster_down),
     ("cluster", "stop-worker", cluster_commands.cluster_stop_worker),
     ("cluster", "start-worker", cluster_commands.cluster_start_worker),

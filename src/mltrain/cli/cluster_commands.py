@@ -6,6 +6,7 @@ Each parses options, calls :mod:`mltrain.cluster` and prints; nothing more.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -109,6 +110,24 @@ def cluster_status(address: AddressOption = None, dir: DirOption = None) -> None
     connection = _connection(address, dir)
     print(f"cluster at {connection.dashboard_url} (from {connection.source})")
     print(read_status(connection).format())
+
+
+def cluster_env(dir: DirOption = None) -> None:
+    """Print shell exports that point Ray's own tools (`ray job …`, the Jobs SDK) at the `cluster up` cluster.
+
+    RAY_ADDRESS is the dashboard URL, as `ray job` wants it (mltrain maps it back to the GCS address for
+    ray.init); the token is named by its file.
+
+    \b
+    Example:
+      eval "$(mltrain cluster env)" && ray job list
+    """
+    from mltrain.cluster.state import require_state
+
+    state = require_state(dir)
+    exports = {env.RAY_ADDRESS_VAR: state.dashboard_url, **state.auth_env()}
+    print("export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in exports.items()))
+    print(f"# GCS address, for `ray status --address` or `ray start --address`: {state.address}")
 
 
 def cluster_down(dir: DirOption = None) -> None:
