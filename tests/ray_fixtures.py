@@ -57,6 +57,7 @@ def local_cluster(
         object_store_mb=object_store_mb,
         dashboard_port=free_port(),  # never the shared 8265
         system_config=FAST_HEALTH_CHECKS if fast_health_checks else {},
+        workdir=str(state_dir),  # jobs' relative outputs (outputs/, mlruns/) stay in the test's folder
     )
     cluster = LocalCluster.up(spec, state_dir)
     try:

@@ -53,6 +53,9 @@ def cluster_up(
         int | None, typer.Option(help="Dashboard port on 127.0.0.1 [default: 8265 if free].")
     ] = None,
     auth: Annotated[bool, typer.Option(help="Token authentication (RAY_AUTH_MODE=token).")] = True,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where jobs without --working-dir run [default: this folder].")
+    ] = None,
     dir: DirOption = None,
 ) -> None:
     """Start a local Ray cluster: a head and N worker nodes, each a `ray start` process of this machine.
@@ -77,6 +80,7 @@ def cluster_up(
         object_store_mb=object_store_mb,
         auth=auth,
         dashboard_port=dashboard_port,
+        workdir=str(workdir) if workdir else None,
     )
     started = time.monotonic()
     cluster = LocalCluster.up(spec, dir, progress=lambda line: print(line, flush=True))
@@ -229,14 +233,14 @@ def submit(
         allow_pending=allow_pending,
     )
     connection = _connection(address, dir)
+    submission_id = jobs.submit(connection, request)
+    print(f"submitted job {submission_id} to {connection.dashboard_url}", file=sys.stderr, flush=True)
     if "mltrain" in request.entrypoint and env.TRACKING_URI_VAR not in request.runtime_env()["env_vars"]:
         print(
             f"note: {env.TRACKING_URI_VAR} is not set: the job tracks into mlflow.db in its own working folder on the "
             "node; set it (a server, or an absolute sqlite:/// path) to find the run afterwards",
             file=sys.stderr,
         )
-    submission_id = jobs.submit(connection, request)
-    print(f"submitted job {submission_id} to {connection.dashboard_url}", file=sys.stderr, flush=True)
     if not wait:
         print(submission_id)
         print(f"follow it with: mltrain jobs logs {submission_id} --follow", file=sys.stderr)

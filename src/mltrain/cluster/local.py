@@ -74,6 +74,9 @@ class ClusterSpec:
     """None: 8265 (the lab's) when free, else any free port."""
     system_config: dict[str, Any] = field(default_factory=dict)
     """Ray system settings for the head (``ray start --system-config``), e.g. faster health checks in tests."""
+    workdir: str | None = None
+    """Working folder of the nodes, where a job without ``--working-dir`` runs (relative paths such as
+    ``outputs/`` land there); None: the folder ``up`` is called from."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -145,9 +148,10 @@ class LocalCluster:
         cluster_id = secrets.token_hex(6)
         started = time.monotonic()
         deadline = started + timeout
+        workdir = str(Path(spec.workdir or os.getcwd()).resolve())
         head = None
         try:
-            head = _start_head(spec, cluster_id, temp_root, token_path)
+            head = _start_head(spec, cluster_id, temp_root, token_path, workdir)
             address = _wait_head(head, deadline)
             state = ClusterState(
                 cluster_id=cluster_id,
@@ -161,6 +165,7 @@ class LocalCluster:
                 head=head,
                 workers=[],
                 system_config=dict(spec.system_config),
+                workdir=workdir,
             )
             save_state(state, folder)  # from here on, `cluster down` can clean up whatever happens
             say(f"head started in {time.monotonic() - started:.1f}s: {address}, dashboard {state.dashboard_url}")
@@ -385,6 +390,7 @@ def _launch(
     gpus: int,
     resources: dict[str, float],
     object_store_bytes: int,
+    workdir: str,
     visible_devices: str | None = None,
 ) -> NodeRecord:
     temp_dir.mkdir(parents=True, exist_ok=True)
@@ -410,6 +416,7 @@ def _launch(
     with open(log, "ab") as output:
         process = subprocess.Popen(
             command,
+            cwd=workdir,
             env=node_env,
             stdin=subprocess.DEVNULL,
             stdout=output,
@@ -430,7 +437,9 @@ def _launch(
     )
 
 
-def _start_head(spec: ClusterSpec, cluster_id: str, temp_root: str, token_path: Path | None) -> NodeRecord:
+def _start_head(
+    spec: ClusterSpec, cluster_id: str, temp_root: str, token_path: Path | None, workdir: str
+) -> NodeRecord:
     dashboard = spec.dashboard_port
     if dashboard is None:
         dashboard = 8265 if ports.is_free(8265) else ports.free_port()
@@ -453,6 +462,7 @@ def _start_head(spec: ClusterSpec, cluster_id: str, temp_root: str, token_path: 
         gpus=0,
         resources={},
         object_store_bytes=spec.object_store_mb * 2**20,
+        workdir=workdir,
     )
 
 
@@ -513,6 +523,7 @@ def _start_worker(
         gpus=gpus,
         resources=resources,
         object_store_bytes=state.object_store_bytes,
+        workdir=state.workdir or os.getcwd(),
         visible_devices=visible_devices,
     )
 

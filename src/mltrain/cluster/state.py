@@ -67,6 +67,8 @@ class ClusterState:
     head: NodeRecord
     workers: list[NodeRecord]
     system_config: dict[str, Any] = field(default_factory=dict)
+    workdir: str | None = None
+    """The nodes' working folder: where jobs without a working_dir run."""
     version: int = STATE_VERSION
     path: Path | None = field(default=None, compare=False)
     """Where this state was read from or written to (not stored)."""
