@@ -62,6 +62,8 @@ class ClusterConnection:
             return {env.RAY_AUTH_MODE_VAR: "token", env.RAY_AUTH_TOKEN_PATH_VAR: self.state.token_path}
         if self.token:
             return {env.RAY_AUTH_MODE_VAR: "token", env.RAY_AUTH_TOKEN_VAR: self.token}
+        if self.state is not None:
+            return self.state.auth_env()  # started with --no-auth
         return {}
 
     def require_dashboard(self) -> str:
@@ -230,6 +232,8 @@ def _with_token(connection: ClusterConnection, state: ClusterState | None) -> Cl
     explicit = env.ray_auth_token(include_default_file=False)
     if explicit is not None:
         return replace(connection, token=explicit[0], token_source=explicit[1])
+    if state is not None and state.token_path is None:
+        return connection  # the local cluster runs without authentication
     if state is not None and state.token_path:
         try:
             token = Path(state.token_path).read_text().strip()

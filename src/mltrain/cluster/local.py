@@ -134,62 +134,41 @@ class LocalCluster:
         cls._refuse_running(folder)
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         say = progress or (lambda line: None)
-
-        token_path = None
-        if spec.auth:
-            from mltrain.stack import write_private
-
-            token_path = folder / TOKEN_FILE
-            write_private(token_path, secrets.token_hex(32))  # Ray's own token format: 256 random bits
+        token_path = _new_token(folder) if spec.auth else None
         # One temp dir for all nodes, as Ray's own multi-node-on-one-host setup has it: a job's log is written
         # by the head (runtime env setup) and by the driver's node, and every node's agent reads it from the
         # session folder the head announced. Short on purpose: Ray's unix socket paths may not exceed 107 bytes.
         temp_root = tempfile.mkdtemp(prefix="mlt-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
-        cluster_id = secrets.token_hex(6)
         started = time.monotonic()
         deadline = started + timeout
-        workdir = str(Path(spec.workdir or os.getcwd()).resolve())
-        head = None
         try:
-            head = _start_head(spec, cluster_id, temp_root, token_path, workdir)
-            address = _wait_head(head, deadline)
-            state = ClusterState(
-                cluster_id=cluster_id,
-                address=address,
-                dashboard_url=f"http://127.0.0.1:{head.ports['dashboard-port']}",
-                metrics_url=f"http://127.0.0.1:{head.ports['metrics-export-port']}/metrics",
-                token_path=str(token_path) if token_path else None,
-                temp_root=temp_root,
-                object_store_bytes=spec.object_store_mb * 2**20,
-                created=datetime.now(UTC).isoformat(timespec="seconds"),
-                head=head,
-                workers=[],
-                system_config=dict(spec.system_config),
-                workdir=workdir,
-            )
+            state = _start_head_state(spec, token_path, temp_root, deadline)
             save_state(state, folder)  # from here on, `cluster down` can clean up whatever happens
-            say(f"head started in {time.monotonic() - started:.1f}s: {address}, dashboard {state.dashboard_url}")
-            devices = _split_gpus(spec.workers, spec.gpus_per_worker)
-            for index in range(spec.workers):
-                worker = _start_worker(
-                    state, index, spec.worker_cpus(), spec.gpus_per_worker, spec.resources, devices[index]
-                )
-                state.workers.append(worker)
-                save_state(state, folder)
-                _wait_sockets(worker, Path(temp_root), expected=index + 2, deadline=deadline)
-            save_state(state, folder)
+            say(f"head started in {time.monotonic() - started:.1f}s: {state.address}, dashboard {state.dashboard_url}")
             cluster = cls(state, folder)
-            cluster._wait_alive([node.name for node in state.workers], deadline)
+            cluster._start_workers(spec, deadline)
         except BaseException:
             leftover = load_state(folder)
             if leftover is not None:
                 cls(leftover, folder).down()
-            elif head is not None:
-                stop_node(cluster_id, head, graceful=False)
-                shutil.rmtree(temp_root, ignore_errors=True)
+            shutil.rmtree(temp_root, ignore_errors=True)
+            if token_path is not None:
+                token_path.unlink(missing_ok=True)
             raise
         say(f"{spec.workers} worker(s) alive after {time.monotonic() - started:.1f}s")
         return cluster
+
+    def _start_workers(self, spec: ClusterSpec, deadline: float) -> None:
+        """Start the workers one after the other (see :func:`_wait_sockets`), then wait for all to join."""
+        devices = _split_gpus(spec.workers, spec.gpus_per_worker)
+        for index in range(spec.workers):
+            worker = _start_worker(
+                self.state, index, spec.worker_cpus(), spec.gpus_per_worker, spec.resources, devices[index]
+            )
+            self.state.workers.append(worker)
+            save_state(self.state, self.cluster_dir)
+            _wait_sockets(worker, Path(self.state.temp_root), expected=index + 2, deadline=deadline)
+        self._wait_alive([node.name for node in self.state.workers], deadline)
 
     @classmethod
     def load(cls, cluster_dir: str | os.PathLike[str] | None = None) -> LocalCluster:
@@ -434,6 +413,40 @@ def _launch(
         gpus=gpus,
         resources=dict(resources),
         visible_devices=visible_devices,
+    )
+
+
+def _new_token(folder: Path) -> Path:
+    from mltrain.stack import write_private
+
+    path = folder / TOKEN_FILE
+    write_private(path, secrets.token_hex(32))  # Ray's own token format: 256 random bits in hex
+    return path
+
+
+def _start_head_state(spec: ClusterSpec, token_path: Path | None, temp_root: str, deadline: float) -> ClusterState:
+    """Start the head node and wait for it; the cluster's state with no workers yet."""
+    cluster_id = secrets.token_hex(6)
+    workdir = str(Path(spec.workdir or os.getcwd()).resolve())
+    head = _start_head(spec, cluster_id, temp_root, token_path, workdir)
+    try:
+        address = _wait_head(head, deadline)
+    except BaseException:
+        stop_node(cluster_id, head, graceful=False)
+        raise
+    return ClusterState(
+        cluster_id=cluster_id,
+        address=address,
+        dashboard_url=f"http://127.0.0.1:{head.ports['dashboard-port']}",
+        metrics_url=f"http://127.0.0.1:{head.ports['metrics-export-port']}/metrics",
+        token_path=str(token_path) if token_path else None,
+        temp_root=temp_root,
+        object_store_bytes=spec.object_store_mb * 2**20,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        head=head,
+        workers=[],
+        system_config=dict(spec.system_config),
+        workdir=workdir,
     )
 
 
