@@ -190,6 +190,17 @@ def test_an_explicit_token_wins_over_the_state_files(tmp_path: Path, monkeypatch
     assert resolve_cluster().token == "from-file"
 
 
+def test_a_cluster_without_auth_borrows_no_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("default-token")
+    assert resolve_cluster("http://10.0.0.5:8265").token == "default-token"  # Ray's default file, elsewhere
+    save_state(_state(tmp_path, token=False), env.cluster_dir())
+    connection = resolve_cluster()
+    assert connection.token is None and connection.headers() == {}
+    assert connection.auth_env() == {"RAY_AUTH_MODE": "disabled"}
+
+
 def test_client_auth_sets_and_restores_the_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     save_state(_state(tmp_path), env.cluster_dir())
     monkeypatch.setenv("RAY_AUTH_TOKEN", "stale")

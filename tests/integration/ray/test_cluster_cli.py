@@ -59,7 +59,8 @@ def test_up_status_stop_start_worker_down(tmp_path: Path, record_property: pytes
         submitted = run_cli("submit", *on_worker_1, "--", "sleep", "600")
         assert submitted.returncode == 0, submitted.stderr
         job = submitted.stdout.strip()
-        status = _status_until(lambda text: job in _row(text, "worker-1"), timeout=60)
+        # The job shows at once; the CPU it holds when the autoscaler's next report comes.
+        status = _status_until(lambda text: job in (row := _row(text, "worker-1")) and " 1/1 " in row, timeout=60)
         assert job in _row(status, "worker-1") and _row(status, "worker-1").split()[2] == "1/1"
 
         stopped = run_cli("cluster", "stop-worker", "1")

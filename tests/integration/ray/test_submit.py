@@ -126,6 +126,18 @@ def test_a_job_that_must_wait_is_reported_then_runs(on_cluster: LocalCluster, tm
     assert "waiting: job raysubmit_" in log.read_text() and "SUCCEEDED" in log.read_text()
 
 
+@pytest.mark.timeout(120)
+def test_working_dir_is_uploaded_and_env_given(on_cluster: LocalCluster, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "hello.py").write_text(
+        "import os\nprint('hello from', os.path.basename(os.getcwd()), os.environ['WHO'])\n"
+    )
+    done = run_cli("submit", "--working-dir", str(project), "--env", "WHO=mltrain", "--", "python", "hello.py")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"hello from \S+ mltrain", done.stdout), done.stdout
+
+
 def test_requests_without_the_token_are_refused(on_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
