@@ -321,3 +321,23 @@ def test_cluster_json_is_what_clients_read(tmp_path: Path) -> None:
     data = json.loads(state.to_json())
     assert {"address", "dashboard_url", "metrics_url", "token_path", "head", "workers", "cluster_id"} <= set(data)
     assert "path" not in data
+
+
+def test_log_catch_up_prints_only_what_is_new() -> None:
+    import asyncio
+    import io
+
+    from mltrain.cluster import jobs
+
+    logs = iter(["a\n", "a\nb\n", "a\nb\n"])
+    client = SimpleNamespace(get_job_logs=lambda job: next(logs))
+    out = io.StringIO()
+    written = jobs._print_new(client, "job", "", out)
+    written = jobs._print_new(client, "job", written, out)
+    written = jobs._print_new(client, "job", written, out)
+    assert out.getvalue() == "a\nb\n" and written == "a\nb\n"
+
+    async def in_a_notebook() -> str:  # a running event loop: no stream, follow() polls instead
+        return jobs._stream(SimpleNamespace(), "job", out)
+
+    assert asyncio.run(in_a_notebook()) == ""

@@ -213,15 +213,32 @@ def follow(
                 last_report, last_demands = now, text
         time.sleep(POLL_S)
 
+    return _follow_log(connection, client, submission_id, out)
+
+
+def _follow_log(connection: ClusterConnection, client: Any, submission_id: str, out: TextIO) -> str:
+    """Stream the job's log to ``out`` until the job ends; returns its final status."""
     written = _stream(client, submission_id, out)
-    status = wait_terminal(connection, submission_id, timeout=60)
-    # The stream can close a moment before the driver's last lines reach the file: print what it missed.
-    with explain_errors(connection):
+    # The stream may close early (its node went away) or a moment before the driver's last lines reach
+    # the file: poll the log for what it missed until the job has ended.
+    while True:
+        status = wait_terminal(connection, submission_id, timeout=2 * POLL_S)
+        written = _print_new(client, submission_id, written, out)
+        if status in TERMINAL:
+            return status
+
+
+def _print_new(client: Any, submission_id: str, written: str, out: TextIO) -> str:
+    """Print the part of the job's log after ``written``; returns the whole log printed so far."""
+    try:
         full = client.get_job_logs(submission_id)
+    except RuntimeError:  # the node holding the log is gone
+        return written
     if full.startswith(written) and len(full) > len(written):
         out.write(full[len(written) :])
         out.flush()
-    return status
+        return full
+    return written
 
 
 def wait_terminal(connection: ClusterConnection, submission_id: str, timeout: float) -> str:
@@ -262,10 +279,13 @@ def job_logs(
     client = connection.jobs_client()
     with explain_errors(connection):
         if follow_logs:
-            _stream(client, submission_id, out)
-        else:
+            _follow_log(connection, client, submission_id, out)
+            return
+        try:
             out.write(client.get_job_logs(submission_id))
-            out.flush()
+        except RuntimeError as exc:
+            raise ClusterError(f"the logs of job {submission_id} cannot be read: {exc}") from exc
+        out.flush()
 
 
 def stop_job(connection: ClusterConnection, submission_id: str, timeout: float = 60.0) -> str:
@@ -315,8 +335,16 @@ def _kill_supervisor(connection: ClusterConnection, submission_id: str, timeout:
 
 
 def _stream(client: Any, submission_id: str, out: TextIO) -> str:
-    """Copy the job's log to ``out`` as it grows, until the job ends; returns what was written."""
+    """Copy the job's log to ``out`` as it grows, until the job ends; returns what was written.
+
+    Inside a running event loop (a notebook) nothing is streamed; :func:`follow` polls the log instead.
+    """
     written: list[str] = []
+    try:
+        asyncio.get_running_loop()
+        return ""
+    except RuntimeError:
+        pass  # no loop running: stream
 
     async def tail() -> None:
         async for chunk in client.tail_job_logs(submission_id):
@@ -330,6 +358,8 @@ def _stream(client: Any, submission_id: str, out: TextIO) -> str:
     sdk_logger.setLevel(logging.WARNING)
     try:
         asyncio.run(tail())
+    except RuntimeError as exc:  # the stream broke off (e.g. the driver's node died); the caller polls on
+        print(f"(log stream interrupted: {exc})", file=sys.stderr)
     finally:
         sdk_logger.setLevel(level)
     return "".join(written)
