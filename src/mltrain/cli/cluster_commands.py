@@ -10,12 +10,15 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mltrain import env
 from mltrain.errors import ClusterError
+
+if TYPE_CHECKING:
+    from mltrain.cluster.connection import ClusterConnection
 
 DirOption = Annotated[
     Path | None,
@@ -320,7 +323,7 @@ def jobs_stop(
         print(f"job {submission_id} {status}" + (" (it had ended already)" if before in jobs.TERMINAL else ""))
 
 
-def _connection(address: str | None, dir: Path | None):  # -> ClusterConnection
+def _connection(address: str | None, dir: Path | None) -> ClusterConnection:
     from mltrain.cluster.connection import resolve_cluster
 
     connection = resolve_cluster(address, dir)
