@@ -55,6 +55,10 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hue_tables_fil
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
     monkeypatch.delenv("FOOD11_DATA_DIR", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # A developer's own `mltrain cluster up` must not be found (resolve_address reads its state file).
+    monkeypatch.setenv("MLTRAIN_CLUSTER_DIR", str(tmp_path / "ray-cluster"))
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
     import mlflow
 
     # MLflow keeps a process-wide URI once anything sets it; pin it to this test's store.

@@ -9,6 +9,23 @@ DATA_DIR_VAR = "FOOD11_DATA_DIR"
 TRACKING_URI_VAR = "MLFLOW_TRACKING_URI"
 RAY_ADDRESS_VAR = "RAY_ADDRESS"
 CACHE_DIR_VAR = "MLTRAIN_CACHE_DIR"
+CLUSTER_DIR_VAR = "MLTRAIN_CLUSTER_DIR"
+# Ray's own names (Ray >= 2.52): the client side of token authentication.
+RAY_AUTH_MODE_VAR = "RAY_AUTH_MODE"
+RAY_AUTH_TOKEN_VAR = "RAY_AUTH_TOKEN"
+RAY_AUTH_TOKEN_PATH_VAR = "RAY_AUTH_TOKEN_PATH"
+RAY_DEFAULT_TOKEN_PATH = Path("~/.ray/auth_token")
+# What a job submitted with `mltrain submit` inherits from the submitting shell: where the data is and
+# where (and as whom) to track. MLflow reads the credentials itself.
+JOB_FORWARDED_VARS = (
+    DATA_DIR_VAR,
+    TRACKING_URI_VAR,
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+)
 
 DEFAULT_DATA_DIR = Path("Food-11")
 
@@ -41,3 +58,47 @@ def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".cache"
     return base / "mltrain"
+
+
+def cluster_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Where ``mltrain cluster up`` keeps its state file and token: the argument, ``MLTRAIN_CLUSTER_DIR``,
+    else ``$XDG_STATE_HOME/mltrain/cluster`` (``~/.local/state/mltrain/cluster``)."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get(CLUSTER_DIR_VAR)
+    if from_env:
+        return Path(from_env)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "mltrain" / "cluster"
+
+
+def ray_auth_token(include_default_file: bool = True) -> tuple[str, str] | None:
+    """The Ray token this shell offers and where it came from, in Ray's own order of precedence.
+
+    ``RAY_AUTH_TOKEN``, else the file ``RAY_AUTH_TOKEN_PATH`` names, else (if ``include_default_file``)
+    ``~/.ray/auth_token``; None if there is none.
+    """
+    token = os.environ.get(RAY_AUTH_TOKEN_VAR, "").strip()
+    if token:
+        return token, RAY_AUTH_TOKEN_VAR
+    path = os.environ.get(RAY_AUTH_TOKEN_PATH_VAR)
+    if path:
+        file, source = Path(path).expanduser(), RAY_AUTH_TOKEN_PATH_VAR
+    elif include_default_file:
+        file, source = RAY_DEFAULT_TOKEN_PATH.expanduser(), "~/.ray/auth_token"
+    else:
+        return None
+    text = file.read_text().strip() if file.is_file() else ""
+    return (text, f"{source} ({file})") if text else None
+
+
+def job_environment() -> dict[str, str]:
+    """The variables of :data:`JOB_FORWARDED_VARS` that are set here, for a submitted job's runtime env.
+
+    A relative ``FOOD11_DATA_DIR`` is made absolute: the job runs in another working directory.
+    """
+    values = {name: os.environ[name] for name in JOB_FORWARDED_VARS if os.environ.get(name)}
+    if DATA_DIR_VAR in values:
+        values[DATA_DIR_VAR] = os.path.abspath(values[DATA_DIR_VAR])
+    return values

@@ -29,6 +29,14 @@ class RegistryError(TrackingError):
     """A model registry request that cannot be met: no such model, alias or version, or nothing to promote."""
 
 
+class ClusterError(MltrainError):
+    """A Ray cluster that is missing, unreachable, refuses our token, or cannot run what was asked."""
+
+
+class InfeasibleRequest(ClusterError):
+    """A job asks for more than any node of the cluster has, so Ray would leave it PENDING for ever."""
+
+
 class TrainingInterrupted(BaseException):  # a BaseException like KeyboardInterrupt, which it stands in for
     """Raised in the main thread when the process receives SIGTERM, so runs end as KILLED.
 

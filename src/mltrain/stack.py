@@ -67,7 +67,7 @@ def init_env(dir: str | os.PathLike[str] = DEFAULT_DIR, force: bool = False) -> 
             f"{path} already exists and was kept (a running stack's database and users were created with its "
             "secrets); pass --force to replace it"
         )
-    _write_private(path, render_env(generate_secrets()))
+    write_private(path, render_env(generate_secrets()))
     return path
 
 
@@ -102,7 +102,8 @@ def read_env(path: str | os.PathLike[str]) -> dict[str, str]:
     return values
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (mode 0600), replacing the file atomically."""
     # Created 0600 from the start (never briefly world-readable) and swapped in whole.
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -39,7 +39,7 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_every_stack_is_there() -> None:
-    assert {p.parent.name for p in COMPOSE_FILES} == {"mlflow", "data", "jupyter"}
+    assert {p.parent.name for p in COMPOSE_FILES} == {"mlflow", "data", "jupyter", "ray"}
 
 
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.parent.name)

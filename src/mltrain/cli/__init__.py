@@ -11,7 +11,7 @@ import sys
 import click
 import typer
 
-from mltrain.cli import commands, registry_commands, stack_commands
+from mltrain.cli import cluster_commands, commands, registry_commands, stack_commands
 from mltrain.errors import MltrainError, TrainingInterrupted
 
 app = typer.Typer(
@@ -36,12 +36,25 @@ SUBCOMMANDS: list[tuple[str | None, str, object]] = [
     ("registry", "list", registry_commands.registry_list),
     (None, "compare", registry_commands.compare),
     ("stack", "init", stack_commands.stack_init),
+    ("stack", "init-ray", stack_commands.stack_init_ray),
+    ("cluster", "up", cluster_commands.cluster_up),
+    ("cluster", "status", cluster_commands.cluster_status),
+    ("cluster", "env", cluster_commands.cluster_env),
+    ("cluster", "down", cluster_commands.cluster_down),
+    ("cluster", "stop-worker", cluster_commands.cluster_stop_worker),
+    ("cluster", "start-worker", cluster_commands.cluster_start_worker),
+    (None, "submit", cluster_commands.submit),
+    ("jobs", "list", cluster_commands.jobs_list),
+    ("jobs", "logs", cluster_commands.jobs_logs),
+    ("jobs", "stop", cluster_commands.jobs_stop),
 ]
 GROUP_HELP = {
     "data": "Get Food-11 ready: download and organise it, or synthesise a look-alike.",
     "config": "Inspect the training configuration.",
     "registry": "Promote the best run's model behind an alias, pull a version, list versions.",
-    "stack": "Set up the team tracking server (MLflow + PostgreSQL + MinIO in deploy/mlflow).",
+    "stack": "Set up the team tracking server (deploy/mlflow) and the Ray cluster (deploy/ray).",
+    "cluster": "A local Ray cluster on this machine: up, status, down, stop-worker/start-worker.",
+    "jobs": "Jobs on a Ray cluster: list, logs, stop (see also `ray job …`).",
 }
 
 

@@ -36,3 +36,32 @@ def stack_init(
             print(f"{name}={values[name]}")
     print("next: start the server with")
     print(f"  docker compose -f {path.parent / stack.COMPOSE_FILE} --env-file {path} up -d --build")
+
+
+def stack_init_ray(
+    dir: Annotated[Path, typer.Option("--dir", help="Folder of the Ray cluster's compose files.")] = Path("deploy/ray"),
+    tracking_env: Annotated[
+        Path, typer.Option(help="The tracking server's env file, to copy the Ray workers' MinIO user from.")
+    ] = Path("deploy/mlflow/.env"),
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing env file.")] = False,
+) -> None:
+    """Generate the Ray cluster's env file (DIR/.env): a Ray token, Grafana's password, settings.
+
+    The Ray workers' MinIO user (bucket `ray` only) is copied from the tracking server's env file; run
+    `mltrain stack init` first, on the same machine, or fill MINIO_RAY_SECRET_KEY in by hand.
+
+    \b
+    Examples:
+      mltrain stack init-ray
+      mltrain stack init-ray --tracking-env /srv/mltrain/deploy/mlflow/.env --force
+    """
+    from mltrain.cluster.deploy_env import COPIED, init_ray_env
+
+    path, copied = init_ray_env(dir, tracking_env, force=force)
+    print(f"wrote {path} (mode 0600): a new Ray token (RAY_AUTH_TOKEN) and Grafana password; secrets not shown")
+    missing = sorted(set(COPIED) - set(copied))
+    if missing:
+        print(f"note: {', '.join(missing)} not found in {tracking_env}: fill them in {path} before starting")
+    print("next: start the cluster with")
+    print(f"  docker compose -f {path.parent / 'compose.yaml'} up -d --build      # NVIDIA")
+    print(f"  docker compose -f {path.parent / 'compose.rocm.yaml'} up -d --build # AMD (ROCm)")
