@@ -32,6 +32,11 @@ CHANGEABLE_ON_RESUME = frozenset(
         "keep_host_memory",
         "cache_dir",
         "output_dir",
+        "workers",
+        "cpus_per_worker",
+        "gpus_per_worker",
+        "max_failures",
+        "storage",
     }
 )
 """Keys a resumed training may change: they extend the training or steer where and how fast it runs. Every
@@ -82,8 +87,9 @@ class TrainConfig(BaseModel):
     """Start from torchvision's ImageNet weights (needs the weights file cached or a network)."""
     seed: int = Field(42, ge=0)
     """Seed for weights init, shuffling and augmentation."""
-    engine: Literal["torch", "lightning"] = "torch"
-    """Training engine: `torch` (a plain loop) or `lightning` (PyTorch Lightning, one or several devices)."""
+    engine: Literal["torch", "lightning", "ray"] = "torch"
+    """Training engine: `torch` (a plain loop), `lightning` (PyTorch Lightning, one or several local devices) or
+    `ray` (the Lightning engine on Ray Train workers: several machines, fractional GPUs, failover)."""
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     """Where to train: `auto` picks a GPU when there is one."""
     devices: int | Literal["auto"] = "auto"
@@ -96,6 +102,17 @@ class TrainConfig(BaseModel):
     """Wrap the model in `torch.compile` (measured: no gain on 2-core CPUs; can help on GPUs)."""
     keep_host_memory: bool = True
     """Keep freed host memory for reuse (glibc malloc: no mmap/trim) instead of page-faulting it back each step."""
+    workers: int = Field(1, ge=1)
+    """engine=ray: Ray Train workers (data-parallel processes, each on any node with the resources)."""
+    cpus_per_worker: float = Field(1, gt=0)
+    """engine=ray: logical CPUs each worker reserves."""
+    gpus_per_worker: float = Field(0, ge=0)
+    """engine=ray: GPUs each worker reserves; a fraction (e.g. 0.5) lets several trainings share a GPU."""
+    max_failures: int = Field(2, ge=-1)
+    """engine=ray: worker-group failures to recover from (restart from the last checkpoint); -1: no limit."""
+    storage: str | None = None
+    """engine=ray: where Ray Train keeps checkpoints: a path every node sees, or s3://bucket[/prefix]
+    (endpoint and keys from AWS_* variables); default `<output_dir>/ray` on this machine."""
     cache_dir: str | None = None
     """Folder for decoded-image caches; default `MLTRAIN_CACHE_DIR` or ~/.cache/mltrain."""
     output_dir: str = "outputs"
@@ -120,6 +137,10 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"devices={self.devices}: the torch engine trains on one device; use engine=lightning for several"
             )
+        if self.engine != "ray" and self.workers > 1:
+            raise ValueError(f"workers={self.workers} needs engine=ray (Ray Train workers)")
+        if self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
+            raise ValueError(f"gpus_per_worker={self.gpus_per_worker}: Ray takes a fraction below 1 or whole GPUs")
         return self
 
     # --- construction -----------------------------------------------------------------------------------

@@ -27,6 +27,16 @@ JOB_FORWARDED_VARS = (
     "MLFLOW_TRACKING_SERVER_CERT_PATH",
 )
 
+S3_VARS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+"""The standard AWS variables for an S3 endpoint (MinIO, or another store speaking S3)."""
+WORKER_FORWARDED_VARS = (*JOB_FORWARDED_VARS, *S3_VARS, "MLFLOW_S3_ENDPOINT_URL")
+"""What Ray Train workers on a cluster inherit from the driver: the job's variables plus S3 access (the
+checkpoint storage and, without a proxying tracking server, MLflow's artifacts)."""
+
+JOB_STOP_WAIT_VAR = "RAY_JOB_STOP_WAIT_TIME_S"
+JOB_STOP_WAIT_S = "30"
+"""Seconds a stopped Ray job gets between SIGTERM and SIGKILL (Ray's default, 3, is too short to end a run)."""
+
 DEFAULT_DATA_DIR = Path("Food-11")
 
 
@@ -102,3 +112,22 @@ def job_environment() -> dict[str, str]:
     if DATA_DIR_VAR in values:
         values[DATA_DIR_VAR] = os.path.abspath(values[DATA_DIR_VAR])
     return values
+
+
+def forwarded_to_workers() -> dict[str, str]:
+    """The variables of :data:`WORKER_FORWARDED_VARS` set here, for the runtime env of a cluster's workers."""
+    values = {name: os.environ[name] for name in WORKER_FORWARDED_VARS if os.environ.get(name)}
+    return {**values, **job_environment()}
+
+
+def s3_settings() -> tuple[str | None, str | None, str | None, str]:
+    """(endpoint URL, access key, secret key, region) of the S3 endpoint, from the standard AWS variables."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = endpoint or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    return endpoint, os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"), region
+
+
+def inside_ray_job() -> bool:
+    """True in the entrypoint of a Ray job (``mltrain submit``): its runtime env already reaches every worker."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ

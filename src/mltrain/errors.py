@@ -37,6 +37,15 @@ class InfeasibleRequest(ClusterError):
     """A job asks for more than any node of the cluster has, so Ray would leave it PENDING for ever."""
 
 
+class TrainingFailed(Exception):
+    """A training that failed beyond recovery (e.g. Ray Train restarts exhausted); its checkpoint was kept.
+
+    Not a usage error: the CLI prints the message (which says how to continue) and exits with status 1.
+    """
+
+    exit_code = 1
+
+
 class TrainingInterrupted(BaseException):  # a BaseException like KeyboardInterrupt, which it stands in for
     """Raised in the main thread when the process receives SIGTERM, so runs end as KILLED.
 

@@ -103,6 +103,7 @@ def train(
     tracking_uri: str | None = None,
     run_name: str | None = None,
     resume: str | os.PathLike[str] | None = None,
+    address: str | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train a Food-11 classifier and track it in MLflow.
@@ -122,6 +123,8 @@ def train(
         run_name: Name for a new run.
         resume: A checkpoint folder (or its ``checkpoint.pt``, or a run id under ``output_dir``) to
             continue, in its own MLflow run: the next epochs run exactly as they would have without the stop.
+        address: engine=ray: the Ray cluster to join; default ``RAY_ADDRESS``, else the cluster of
+            ``mltrain cluster up``, else a Ray instance embedded in this process.
         progress: Show progress bars.
     """
     from mltrain.engines.common import is_rank_zero
@@ -130,7 +133,19 @@ def train(
     plan = _plan(config, overrides, config_file, data_dir, resume)
     # Lightning's DDP launcher re-runs this call for ranks 1..N-1 with its rank variables set: read them
     # once, here; below, the rank travels explicitly (the tracker is enabled on rank 0 only).
-    return _run(plan, experiment, tracking_uri, run_name, progress, is_rank_zero(), started)
+    with _launcher(plan.config, address):
+        return _run(plan, experiment, tracking_uri, run_name, progress, is_rank_zero(), started)
+
+
+def _launcher(config: TrainConfig, address: str | None) -> contextlib.AbstractContextManager:
+    """engine=ray: a Ray session for the training (joining, checking the request fits); else nothing."""
+    if config.engine != "ray":
+        if address is not None:
+            raise ConfigError(f"--address is for engine=ray (a Ray cluster); this training uses engine={config.engine}")
+        return contextlib.nullcontext()
+    from mltrain.launch.ray import ray_session
+
+    return ray_session(config, address)
 
 
 def _plan(
@@ -193,8 +208,11 @@ def _run(
 
     config, checkpoint = plan.config, plan.checkpoint
     fit = get_fit(config.engine)
-    # Data problems surface here, before any MLflow run exists.
-    data = Food11Data(plan.data_dir, config, progress=progress).setup()
+    # Data problems surface here, before any MLflow run exists. A Ray driver may not see the data (it can be on
+    # the workers' nodes only): then the workers check it.
+    data = Food11Data(plan.data_dir, config, progress=progress)
+    if config.engine != "ray" or data.root.is_dir():
+        data.setup()
     tracker = RunTracker(
         experiment=experiment,
         tracking_uri=tracking_uri,
@@ -208,9 +226,11 @@ def _run(
         if checkpoint is None:
             if tracker.enabled:
                 tracker.log_params(config.to_params())
-                tracker.log_text(gpu_info_text(), metrics.GPU_INFO_ARTIFACT)
+                if config.engine != "ray":  # a Ray training records its rank-0 worker's node instead
+                    tracker.log_text(gpu_info_text(), metrics.GPU_INFO_ARTIFACT)
                 tracker.log_artifact(config.save_yaml(folder / metrics.CONFIG_ARTIFACT))
-                tracker.log_metrics({metrics.SKIPPED_IMAGES: data.skipped_images}, step=0)
+                if data.splits:
+                    tracker.log_metrics({metrics.SKIPPED_IMAGES: data.skipped_images}, step=0)
         else:
             _record_resume(tracker, plan.changes)
             if tracker.enabled:

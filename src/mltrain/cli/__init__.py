@@ -12,7 +12,7 @@ import click
 import typer
 
 from mltrain.cli import cluster_commands, commands, registry_commands, stack_commands
-from mltrain.errors import MltrainError, TrainingInterrupted
+from mltrain.errors import MltrainError, TrainingFailed, TrainingInterrupted
 
 app = typer.Typer(
     name="mltrain",
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # Without standalone mode Typer returns exit codes (130 for Ctrl+C) instead of exiting.
         code = app(args=argv, standalone_mode=False)
-    except MltrainError as exc:
+    except (MltrainError, TrainingFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except _EXITS as exc:

@@ -35,9 +35,24 @@ def train(
         Path | None, typer.Option("--data", "-d", help="Food-11 folder [default: $FOOD11_DATA_DIR or ./Food-11].")
     ] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = metrics.EXPERIMENT,
-    engine: Annotated[str | None, typer.Option(help="torch or lightning [default: config's engine].")] = None,
+    engine: Annotated[str | None, typer.Option(help="torch, lightning or ray [default: config's engine].")] = None,
     devices: Annotated[str | None, typer.Option(help="Number of devices, or auto.")] = None,
     accelerator: Annotated[str | None, typer.Option(help="auto, cpu, gpu or mps.")] = None,
+    workers: Annotated[int | None, typer.Option(help="engine=ray: Ray Train workers.")] = None,
+    cpus_per_worker: Annotated[float | None, typer.Option(help="engine=ray: CPUs per worker.")] = None,
+    gpus_per_worker: Annotated[
+        float | None, typer.Option(help="engine=ray: GPUs per worker; a fraction lets trainings share one.")
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="engine=ray: checkpoint storage, a shared path or s3://bucket/prefix.")
+    ] = None,
+    max_failures: Annotated[
+        int | None, typer.Option(help="engine=ray: worker failures to recover from (-1: no limit).")
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="engine=ray: Ray cluster [default: $RAY_ADDRESS, `cluster up`'s, else embedded Ray]."),
+    ] = None,
     run_name: Annotated[str | None, typer.Option(help="Name of the MLflow run.")] = None,
     resume: Annotated[
         Path | None,
@@ -58,6 +73,7 @@ def train(
       mltrain train --data Food-11
       mltrain train --config my.yaml --set lr=3e-4 --set total_epochs=10
       mltrain train --resume outputs/<run_id> --set total_epochs=30
+      mltrain train --engine ray --workers 2 --data Food-11
     """
     from mltrain.errors import TrainingInterrupted
     from mltrain.training import train as run_training
@@ -65,11 +81,22 @@ def train(
     try:
         result = run_training(
             config_file=config,
-            overrides=_overrides(set_, engine=engine, devices=devices, accelerator=accelerator),
+            overrides=_overrides(
+                set_,
+                engine=engine,
+                devices=devices,
+                accelerator=accelerator,
+                workers=workers,
+                cpus_per_worker=cpus_per_worker,
+                gpus_per_worker=gpus_per_worker,
+                storage=storage,
+                max_failures=max_failures,
+            ),
             data_dir=data,
             experiment=experiment,
             run_name=run_name,
             resume=resume,
+            address=address,
             progress=progress,
         )
     except (KeyboardInterrupt, TrainingInterrupted) as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shlex
 import sys
 import time
@@ -76,7 +77,9 @@ class JobRequest:
 
     def runtime_env(self) -> dict[str, Any]:
         """Ray's runtime environment for the job: forwarded variables, ``env``, ``pip``, ``working_dir``."""
-        runtime: dict[str, Any] = {"env_vars": {**env.job_environment(), **self.env}}
+        # The stop grace period (see env.JOB_STOP_WAIT_S) travels with the job too, for clusters started elsewhere.
+        grace = {env.JOB_STOP_WAIT_VAR: os.environ.get(env.JOB_STOP_WAIT_VAR, env.JOB_STOP_WAIT_S)}
+        runtime: dict[str, Any] = {"env_vars": {**grace, **env.job_environment(), **self.env}}
         if self.pip:
             runtime["pip"] = list(self.pip)
         if self.working_dir is not None:
@@ -97,12 +100,18 @@ def read_requirements(path: str | Path) -> list[str]:
     return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
 
 
-def check_feasible(wanted: dict[str, float], labels: dict[str, str], nodes: Iterable[Any]) -> None:
+ALLOW_PENDING_HINT = "pass --allow-pending to submit anyway (for a cluster that adds nodes)"
+
+
+def check_feasible(
+    wanted: dict[str, float], labels: dict[str, str], nodes: Iterable[Any], hint: str = ALLOW_PENDING_HINT
+) -> None:
     """Refuse a request that no live node could ever run.
 
     Args:
         wanted: Resources by name (``CPU``, ``GPU``, custom), as :meth:`JobRequest.wanted` gives.
         labels: Node labels the node must carry.
+        hint: What the user can do, appended to the message.
         nodes: Ray's node records (``ray.util.state`` NodeState: ``state``, ``node_name``,
             ``resources_total``, ``labels``).
 
@@ -130,7 +139,7 @@ def check_feasible(wanted: dict[str, float], labels: dict[str, str], nodes: Iter
     dead = [node for node in nodes if node.state != "ALIVE" and _fits(node, wanted, labels)]
     if dead:
         message += f"; {dead[0].node_name or dead[0].node_id[:8]} could run it but is dead: start it again"
-    raise InfeasibleRequest(message + "; pass --allow-pending to submit anyway (for a cluster that adds nodes)")
+    raise InfeasibleRequest(f"{message}; {hint}")
 
 
 def describe(resources: dict[str, float]) -> str:

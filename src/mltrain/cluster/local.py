@@ -336,6 +336,9 @@ def _node_env(cluster_id: str, name: str, token_path: Path | str | None) -> dict
     node_env.update({CLUSTER_ID_VAR: cluster_id, NODE_NAME_VAR: name, "RAY_USAGE_STATS_ENABLED": "0"})
     # On SIGTERM (cluster down) stop at once instead of draining for up to 30 s.
     node_env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
+    # `ray job stop` SIGTERMs a job, then SIGKILLs it after this many seconds (Ray's default: 3): a training
+    # needs longer to end its MLflow run KILLED, keep its checkpoint and log its best model.
+    node_env.setdefault(env.JOB_STOP_WAIT_VAR, env.JOB_STOP_WAIT_S)
     if token_path is None:
         node_env[env.RAY_AUTH_MODE_VAR] = "disabled"
     else:

@@ -13,6 +13,7 @@ from typing import Any
 _ENGINES = {
     "torch": "mltrain.engines.torch_engine",
     "lightning": "mltrain.engines.lightning",
+    "ray": "mltrain.launch.ray",  # the Lightning engine, launched on Ray Train workers
 }
 
 

@@ -318,6 +318,10 @@ class RunTracker:
         try:
             return mlflow.set_experiment(self.experiment).experiment_id
         except mlflow.exceptions.MlflowException as exc:
+            # Several trainings starting at once may all try to create it: one wins, the others find it.
+            existing = self._client.get_experiment_by_name(self.experiment)
+            if existing is not None and existing.lifecycle_stage == "active":
+                return mlflow.set_experiment(experiment_id=existing.experiment_id).experiment_id
             raise TrackingError(
                 f"could not open experiment {self.experiment!r} at {mlflow.get_tracking_uri()}: {exc}"
             ) from None

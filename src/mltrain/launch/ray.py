@@ -1,0 +1,462 @@
+"""``engine=ray``: the Lightning engine, launched on Ray Train workers — one MLflow run whatever restarts.
+
+Ray is a way to *launch* the Lightning engine, not a third copy of the training loop: each worker builds
+the same :class:`~mltrain.engines.lightning.recipe.LightningRecipe`, handing it Ray's DDP strategy and
+cluster environment instead of Lightning's own launcher, and an epoch hook that reports the checkpoint
+folder to Ray Train.
+
+Who does what:
+
+* the **driver** (the process that called :func:`mltrain.training.train`) owns the MLflow run: it created
+  it before the workers start, tags it (Ray run name, storage, workers, resources), and after Ray Train
+  returns — finished, failed beyond ``max_failures``, or interrupted — it brings the latest checkpoint
+  back to ``outputs/<run_id>/`` (so ``--resume`` works and the best model is logged from it) and ends
+  the run. It never leaves the run RUNNING;
+* **every worker** knows its rank from Ray's train context, trains its shard, and reports each epoch's
+  checkpoint folder (rank 0's; the others report metrics only, as Ray Train V2 wants every rank to report);
+* the **rank-0 worker** attaches to the driver's run by id (``RunTracker(owner=False)``) and logs the
+  epochs. After a failover, the new rank 0 restores the checkpoint Ray hands back
+  (``ray.train.get_checkpoint()``), attaches again and logs from the next epoch on: the tracker skips
+  steps the run already has and fills in any the checkpoint has but MLflow lacks — no step twice, no gap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import urlparse
+
+import ray
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from mltrain import env, metrics
+from mltrain.config import TrainConfig
+from mltrain.errors import TrainingFailed
+
+RUN_NAME_TAG = "mltrain.ray.run_name"
+STORAGE_TAG = "mltrain.ray.storage"
+RESTARTS_TAG = "mltrain.ray.restarts"
+"""How many times Ray Train restarted the worker group (after a failure) in this training."""
+_ATTEMPTS_TAG = "mltrain.ray.attempts"
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_KEEP_CHECKPOINTS = 3
+_EMBEDDED_OBJECT_STORE = 150 * 2**20  # small: this machine's memory is for the workers (see README)
+
+
+# --- the Ray session -------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def ray_session(config: TrainConfig, address: str | None = None) -> Iterator[str | None]:
+    """Ray for this training: the process's own if running inside Ray, a cluster's, or an embedded one.
+
+    The cluster is ``address``, else ``RAY_ADDRESS``, else the one ``mltrain cluster up`` recorded; with none,
+    a local Ray instance lives as long as the block (``address="local"``: a bare ``ray.init()`` would join
+    whatever cluster /tmp/ray names, even a dead one). Before yielding, the request is compared with every
+    node: a worker that no node could ever hold is a ConfigError (exit 2) before any MLflow run exists.
+    Yields the address joined (None for the embedded instance).
+    """
+    from mltrain.cluster import client_auth, resolve_address, resolve_cluster
+
+    if ray.is_initialized():  # a Ray job's entrypoint, a Tune trial: Ray is already there
+        _check_fits(config)
+        yield None
+        return
+    target = resolve_address(address)
+    connection = resolve_cluster(target) if target else None
+    with client_auth(connection):
+        if target is None:
+            needed = config.workers * config.cpus_per_worker
+            ray.init(
+                address="local",
+                num_cpus=max(os.cpu_count() or 1, int(-(-needed // 1))),
+                object_store_memory=_EMBEDDED_OBJECT_STORE,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                logging_level="WARNING",
+            )
+        else:
+            host = urlparse(f"//{target.split('://')[-1]}").hostname
+            ray.init(
+                address=target,
+                runtime_env=None if env.inside_ray_job() else {"env_vars": env.forwarded_to_workers()},
+                _node_ip_address="127.0.0.1" if host in _LOOPBACK else None,
+                logging_level="WARNING",
+            )
+        try:
+            _check_fits(config)
+            yield target
+        finally:
+            ray.shutdown()
+
+
+def _check_fits(config: TrainConfig) -> None:
+    from mltrain.cluster.jobs import check_feasible
+
+    nodes = [
+        SimpleNamespace(
+            state="ALIVE" if node["Alive"] else "DEAD",
+            node_id=node["NodeID"],
+            node_name=node.get("NodeName") or node.get("NodeManagerAddress"),
+            resources_total=node.get("Resources", {}),
+            labels=node.get("Labels", {}),
+        )
+        for node in ray.nodes()
+    ]
+    hint = "lower --cpus-per-worker/--gpus-per-worker, or add a node that has them (mltrain cluster up --help)"
+    check_feasible(_worker_resources(config), {}, nodes, hint=f"each Ray Train worker {hint}")
+
+
+def _worker_resources(config: TrainConfig) -> dict[str, float]:
+    wanted = {"CPU": config.cpus_per_worker}
+    if config.gpus_per_worker:
+        wanted["GPU"] = config.gpus_per_worker
+    return wanted
+
+
+# --- storage ---------------------------------------------------------------------------------------------------
+def storage_for(config: TrainConfig) -> tuple[str, Any, str]:
+    """(path, pyarrow filesystem or None, URI to show) of Ray Train's storage for this config.
+
+    ``s3://bucket/prefix`` gets an explicit ``S3FileSystem`` built from the standard AWS variables
+    (``AWS_ENDPOINT_URL`` for MinIO or another S3 endpoint): Ray's default filesystem resolution does not
+    read the endpoint variable. A plain path is made absolute; on a multi-node cluster it must be a
+    folder every node sees (NFS), else use S3.
+    """
+    if config.storage and config.storage.startswith("s3://"):
+        from pyarrow import fs
+
+        endpoint, key, secret, region = env.s3_settings()
+        options: dict[str, Any] = {"region": region}
+        if endpoint:
+            parsed = urlparse(endpoint)
+            options["endpoint_override"] = parsed.netloc or parsed.path
+            options["scheme"] = parsed.scheme or "https"
+        if key and secret:
+            options.update(access_key=key, secret_key=secret)
+        return config.storage.removeprefix("s3://").rstrip("/"), fs.S3FileSystem(**options), config.storage
+    path = Path(config.storage) if config.storage else Path(config.output_dir) / "ray"
+    path = path.expanduser().resolve()
+    return str(path), None, str(path)
+
+
+# --- the driver -------------------------------------------------------------------------------------------------
+def fit(
+    config: TrainConfig,
+    data: Any,
+    tracker: Any,
+    checkpoint_dir: str | Path,
+    resume: dict[str, Any] | None = None,
+    on_epoch_end: Any = None,
+    progress: bool = True,
+) -> Any:
+    """Run the training on Ray Train workers and wait for it; the engine-``fit`` of ``engine=ray``.
+
+    Must run inside :func:`ray_session`. ``tracker`` is the driver's (it owns the run); ``checkpoint_dir``
+    is where the latest checkpoint is brought back whatever the outcome. ``on_epoch_end`` is not supported
+    (epochs end in the workers).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from mltrain.engines.common import FitResult
+
+    folder = Path(checkpoint_dir)
+    # Ray Train turns print() in workers into log records that reach the console twice; the epoch lines are
+    # prints. (Ray passes this variable on to the controller and the workers.)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    storage_path, filesystem, storage_uri = storage_for(config)
+    run_name = _run_name(tracker.run_id, resume)
+    initial = _upload_initial(resume["folder"], storage_path, filesystem, run_name) if resume else None
+    tracker.set_tags(
+        {
+            RUN_NAME_TAG: run_name,
+            STORAGE_TAG: f"{storage_uri}/{run_name}",
+            "mltrain.ray.workers": str(config.workers),
+            "mltrain.ray.resources_per_worker": ", ".join(f"{k}={v:g}" for k, v in _worker_resources(config).items()),
+            _ATTEMPTS_TAG: "0",
+            RESTARTS_TAG: "0",
+        }
+    )
+    use_gpu = config.gpus_per_worker > 0
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": config.model_dump(),
+            "run_id": tracker.run_id,
+            "experiment": tracker.experiment,
+            "tracking_uri": _absolute_tracking_uri(),
+            "data_dir": str(data.root.resolve()) if data.root.is_dir() else str(data.root),
+            "initial": initial,
+            "filesystem": filesystem,
+        },
+        scaling_config=_scaling(config, use_gpu),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=_KEEP_CHECKPOINTS),
+            logging_config=LoggingConfig(log_level="WARNING"),  # not a line per report and checkpoint
+        ),
+        # gloo unless the workers really train on GPUs: logical GPUs (tests, CPU-only clusters) have no NCCL.
+        torch_config=TorchConfig(backend="nccl" if use_gpu and config.accelerator != "cpu" else "gloo"),
+    )
+    print(f"Ray Train run {run_name}: {config.workers} worker(s), checkpoints in {storage_uri}/{run_name}", flush=True)
+    try:
+        result = _fit_interruptibly(trainer)
+    except BaseException as exc:
+        kept = _bring_back(f"{storage_path}/{run_name}", filesystem, folder)
+        if isinstance(exc, Exception) and type(exc).__module__.startswith("ray."):
+            where = (
+                f"the last checkpoint is in {folder} — continue with: mltrain train --resume {folder}"
+                if kept
+                else "no epoch had finished, so there is no checkpoint"
+            )
+            raise TrainingFailed(f"Ray Train gave up after {config.max_failures} restart(s): {exc}\n{where}") from exc
+        raise
+    if result.checkpoint is not None:
+        result.checkpoint.to_directory(str(folder))
+    final = result.metrics or {}
+    return FitResult(
+        epochs_run=int(final.get("epochs_run", 0)),
+        best_epoch=int(final.get("best_epoch", -1)),
+        best_val_loss=float(final.get("best_val_loss", float("nan"))),
+        test_loss=float(final.get(metrics.TEST_LOSS, float("nan"))),
+        test_accuracy=float(final.get(metrics.TEST_ACCURACY, float("nan"))),
+        stopped_early=bool(final.get("stopped_early", False)),
+        checkpoint=folder / "checkpoint.pt",
+    )
+
+
+def _fit_interruptibly(trainer: Any) -> Any:
+    """``trainer.fit()`` in a thread, so that Ctrl+C and SIGTERM reach this (main) thread at once.
+
+    In the main thread, ``fit`` blocks in ``ray.get``, where Ray lets only KeyboardInterrupt through (a
+    SIGTERM turned into an exception is swallowed) and installs its own Ctrl+C handler for good. Here the
+    main thread waits in Python; on an interrupt it disconnects from Ray, which ends the Train controller
+    and its workers (they share the driver's fate), and the caller ends the run KILLED.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # handed to the main thread
+            outcome["error"] = exc
+
+    # A daemon thread: after an interrupt it may stay blocked in Ray until the process exits.
+    thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(timeout=0.5)
+    except BaseException:
+        ray.shutdown()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _scaling(config: TrainConfig, use_gpu: bool) -> Any:
+    from ray.train import ScalingConfig
+
+    return ScalingConfig(num_workers=config.workers, use_gpu=use_gpu, resources_per_worker=_worker_resources(config))
+
+
+def _run_name(run_id: str, resume: dict[str, Any] | None) -> str:
+    # A fresh name per driver: reusing a name (and storage) would make Ray resume that old run by itself.
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"mltrain-{run_id[:12]}-{stamp}" if resume is None else f"mltrain-{run_id[:12]}-resumed-{stamp}"
+
+
+def _absolute_tracking_uri() -> str:
+    """The driver's tracking URI, valid in worker processes (other working folders, maybe other nodes)."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    if "://" not in uri:  # a plain folder (file store)
+        return str(Path(uri).resolve())
+    return uri
+
+
+def _upload_initial(local: Path, storage_path: str, filesystem: Any, run_name: str) -> str:
+    """Copy a checkpoint folder to the run's storage, where every worker's node can read it."""
+    from pyarrow import fs
+
+    target = f"{storage_path}/{run_name}/initial-checkpoint"
+    destination = filesystem or fs.LocalFileSystem()
+    destination.create_dir(target, recursive=True)
+    fs.copy_files(
+        str(local.resolve()), target, source_filesystem=fs.LocalFileSystem(), destination_filesystem=destination
+    )
+    return target
+
+
+def _bring_back(run_path: str, filesystem: Any, folder: Path) -> bool:
+    """Copy the run's latest registered checkpoint to ``folder`` (nothing is lost when Ray gives up)."""
+    from ray.train import Result
+
+    try:
+        latest = Result.from_path(run_path, storage_filesystem=filesystem).checkpoint
+    except Exception:  # no checkpoint was ever reported
+        return False
+    if latest is None:
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    latest.to_directory(str(folder))
+    return True
+
+
+# --- the workers ------------------------------------------------------------------------------------------------
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """What each Ray Train worker runs: restore, build the Lightning recipe with Ray's strategy, train, report."""
+    import ray.train
+    from ray.train.lightning import RayLightningEnvironment, prepare_trainer
+
+    from mltrain.data.module import Food11Data
+    from mltrain.engines.lightning.recipe import LightningRecipe
+    from mltrain.tracking import RunTracker
+
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    config = TrainConfig.from_mapping(loop_config["config"])
+    local = Path(tempfile.mkdtemp(prefix=f"mltrain-{loop_config['run_id'][:12]}-rank{rank}-"))
+    resume, source = _restore(local, loop_config)
+    data = Food11Data(_worker_data_dir(loop_config["data_dir"]), config, progress=False).setup()
+    tracker = RunTracker(
+        experiment=loop_config["experiment"],
+        tracking_uri=loop_config["tracking_uri"],
+        run_id=loop_config["run_id"],
+        owner=False,
+        enabled=rank == 0,
+    )
+    try:
+        with tracker:
+            restart = _record_start(tracker, resume, source) if rank == 0 else None
+            recipe = LightningRecipe(
+                config,
+                data,
+                tracker,
+                local,
+                progress=False,
+                on_epoch_end=_Reporter(rank, local),
+                resume=resume,
+                strategy=_strategy(config),
+                plugins=[RayLightningEnvironment()],
+                devices="auto",
+            )
+            if restart is not None:
+                recipe.trainer.callbacks.append(_FirstStepAfterRestart(tracker, restart))
+            prepare_trainer(recipe.trainer)
+            result = recipe.run()
+            final = {
+                metrics.TEST_LOSS: result.test_loss,
+                metrics.TEST_ACCURACY: result.test_accuracy,
+                "epochs_run": result.epochs_run,
+                "best_epoch": result.best_epoch,
+                "best_val_loss": result.best_val_loss,
+                "stopped_early": result.stopped_early,
+            }
+            ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(str(local)) if rank == 0 else None)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def _strategy(config: TrainConfig) -> Any:
+    """Ray's DDP strategy, on the device the config picks (Ray's own choice is cuda whenever it assigned GPUs,
+    also to a worker told to train on the CPU, or on a node whose GPUs are only declared)."""
+    from ray.train.lightning import RayDDPStrategy
+
+    from mltrain.engines.common import select_device
+
+    class Strategy(RayDDPStrategy):
+        @property
+        def root_device(self) -> Any:
+            return super().root_device if select_device(config).type == "cuda" else torch.device("cpu")
+
+    # The frozen backbone takes no part in phase 1's backward pass; DDP must be told to expect that.
+    return Strategy(find_unused_parameters=config.initial_epochs > 0)
+
+
+def _restore(local: Path, loop_config: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """The checkpoint Ray hands back after a restart, else the one the driver resumes from, copied to ``local``."""
+    import ray.train
+
+    from mltrain.engines.checkpoint import load_checkpoint
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop_config.get("initial"):
+        checkpoint = ray.train.Checkpoint(loop_config["initial"], filesystem=loop_config.get("filesystem"))
+    if checkpoint is None:
+        return None, None
+    checkpoint.to_directory(str(local))
+    payload = load_checkpoint(local)
+    payload["folder"] = local
+    return payload, checkpoint.path
+
+
+def _worker_data_dir(driver_dir: str) -> str:
+    """The driver's data folder when this node sees it; else this node's ``FOOD11_DATA_DIR``."""
+    if Path(driver_dir).is_dir():
+        return driver_dir
+    return str(env.data_dir(None)) if os.environ.get(env.DATA_DIR_VAR) else driver_dir
+
+
+def _record_start(tracker: Any, resume: dict[str, Any] | None, source: str | None) -> int | None:
+    """Count the worker group's starts; a start after the first is a restart (returns its number)."""
+    from mltrain.tracking import gpu_info_text
+
+    attempt = int(tracker.tag_value(_ATTEMPTS_TAG) or 0) + 1
+    tracker.set_tags({_ATTEMPTS_TAG: str(attempt), RESTARTS_TAG: str(attempt - 1)})
+    if attempt == 1:
+        node = ray.util.get_node_ip_address()
+        tracker.log_text(f"Ray Train rank-0 worker on node {node}\n\n{gpu_info_text()}", metrics.GPU_INFO_ARTIFACT)
+        return None
+    epoch = resume["state"].next_epoch if resume else 0
+    print(f"restart {attempt - 1}: continuing at epoch {epoch + 1} from {source or 'the start'}", flush=True)
+    tracker.set_tags({f"mltrain.ray.restart.{attempt - 1}.checkpoint": source or "none"})
+    return attempt - 1
+
+
+class _Reporter:
+    """The recipe's epoch hook in a Ray worker: every rank reports; rank 0 with the checkpoint folder."""
+
+    def __init__(self, rank: int, folder: Path) -> None:
+        self.rank = rank
+        self.folder = folder
+
+    def __call__(self, epoch: int, values: dict[str, float], _index: Path) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(self.folder)) if self.rank == 0 else None
+        ray.train.report({**values, "epoch": epoch}, checkpoint=checkpoint)
+
+
+class _FirstStepAfterRestart(Callback):
+    """Tags when a restarted worker group trains again, and from which epoch (what failover cost)."""
+
+    def __init__(self, tracker: Any, restart: int) -> None:
+        self.tracker = tracker
+        self.restart = restart
+        self.done = False
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self.done:
+            return
+        self.done = True
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        node = ray.util.get_node_ip_address()
+        self.tracker.set_tags(
+            {f"mltrain.ray.restart.{self.restart}": f"epoch {trainer.current_epoch}; first step at {now} on {node}"}
+        )
