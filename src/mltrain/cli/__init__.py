@@ -36,12 +36,13 @@ SUBCOMMANDS: list[tuple[str | None, str, object]] = [
     ("registry", "list", registry_commands.registry_list),
     (None, "compare", registry_commands.compare),
     ("stack", "init", stack_commands.stack_init),
+    ("stack", "bench", stack_commands.stack_bench),
 ]
 GROUP_HELP = {
     "data": "Get Food-11 ready: download and organise it, or synthesise a look-alike.",
     "config": "Inspect the training configuration.",
     "registry": "Promote the best run's model behind an alias, pull a version, list versions.",
-    "stack": "Set up the team tracking server (MLflow + PostgreSQL + MinIO in deploy/mlflow).",
+    "stack": "Set up the team tracking server (MLflow + PostgreSQL + MinIO in deploy/mlflow) and measure it.",
 }
 
 
