@@ -181,3 +181,22 @@ def test_docker_compose_config_accepts_the_files(tmp_path: Path) -> None:
 def _required_vars() -> set[str]:
     text = "".join(path.read_text() for path in COMPOSE_FILES)
     return set(re.findall(r"\$\{([A-Z0-9_]+):\?", text))
+
+
+# --- Capacity settings -----------------------------------------------------------------------------------
+def test_credential_cache_is_on_with_a_short_ttl() -> None:
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(DEPLOY / "mlflow" / "basic_auth.ini")
+    ttl = config.getint("mlflow", "auth_cache_ttl_seconds")
+    # On: no password-hash check per request. Short: a revoked or changed password stops working on every
+    # worker within minutes, not hours.
+    assert 0 < ttl <= 300, ttl
+
+
+def test_mlflow_workers_default_is_set_and_overridable() -> None:
+    command = _mlflow()["services"]["mlflow"]["command"]
+    workers = command[command.index("--workers") + 1]
+    found = re.fullmatch(r"\$\{MLFLOW_WORKERS:-(\d+)\}", workers)
+    assert found and int(found.group(1)) >= 2, workers
