@@ -16,17 +16,34 @@ def stack_init(
     ] = stack.DEFAULT_DIR,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing env file.")] = False,
     show: Annotated[bool, typer.Option("--show", help="Also print the generated secrets.")] = False,
+    add_missing: Annotated[
+        bool, typer.Option("--add-missing", help="Keep an existing env file; append only the variables it lacks.")
+    ] = False,
 ) -> None:
     """Generate the tracking server's env file (DIR/.env) with random secrets, readable by you only.
 
     Compose refuses to start the server without it. An existing file is kept unless --force: the
-    database and MLflow's users keep the passwords they were first started with.
+    database and MLflow's users keep the passwords they were first started with. After an upgrade
+    that needs new variables (e.g. the scoped MinIO users), --add-missing adds just those.
 
     \b
     Examples:
       mltrain stack init
       mltrain stack init --dir deploy/mlflow --force
+      mltrain stack init --add-missing
     """
+    if add_missing and force:
+        raise typer.BadParameter("--add-missing keeps the file and --force replaces it: choose one")
+    if add_missing:
+        added = stack.add_missing_env(dir)
+        path = Path(dir) / stack.ENV_FILE
+        print(f"added to {path}: {', '.join(added)}" if added else f"{path} has every variable; nothing added")
+        if show:
+            values = stack.read_env(path)
+            for name in added:
+                if name in stack.SECRETS:
+                    print(f"{name}={values[name]}")
+        return
     path = stack.init_env(dir, force=force)
     values = stack.read_env(path)
     print(f"wrote {path} (mode 0600; secrets not shown, see the file or pass --show)")
