@@ -393,6 +393,10 @@ def _client_main(
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(plan.retries)
     retries = _RetryCounter.install()
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # no "View run" line per client in the report
+    # MLflow's telemetry thread sets and removes an environment variable while requests reads the
+    # environment in another thread (a KeyError, seen once in ~30k calls); and it would call out of the
+    # network the benchmark is about.
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     from mlflow import MlflowClient
 
     training = _SimulatedTraining(MlflowClient(uri), plan, index, experiment_id)

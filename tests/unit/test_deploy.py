@@ -277,3 +277,18 @@ def test_mlflow_workers_default_is_set_and_overridable() -> None:
     workers = command[command.index("--workers") + 1]
     found = re.fullmatch(r"\$\{MLFLOW_WORKERS:-(\d+)\}", workers)
     assert found and int(found.group(1)) >= 2, workers
+
+
+def test_database_pool_and_postgres_connections_fit_together() -> None:
+    services = _mlflow()["services"]
+    pool_setting = _environment(services["mlflow"])["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"]
+    pool = int(re.fullmatch(r"\$\{MLFLOW_DB_POOL_SIZE:-(\d+)\}", pool_setting).group(1))
+    assert pool >= 10, "SQLAlchemy's default of 5 made a busy worker open a connection per request"
+    limit = re.search(
+        r"max_connections=\$\{POSTGRES_MAX_CONNECTIONS:-(\d+)\}", " ".join(services["postgres"]["command"])
+    )
+    command = services["mlflow"]["command"]
+    workers = int(re.search(r"\d+", command[command.index("--workers") + 1]).group())
+    # The connections the pools keep (tracking and auth store, per worker), for two replicas, with as many
+    # again for overflow during bursts.
+    assert limit and int(limit.group(1)) >= 2 * (2 * workers * 2 * pool), limit

@@ -215,9 +215,12 @@ class TrackingServer:
     postgres: Postgres
     s3: S3
     workers: int = field(default_factory=lambda: compose_workers())
-    """Server worker processes; by default the compose server's (``${MLFLOW_WORKERS:-N}``)."""
+    """Server worker processes; by default the compose server's (``${MLFLOW_WORKERS:-N}``), as its
+    database-pool settings are."""
     auth_cache_ttl: int | None = None
     """Override basic_auth.ini's ``auth_cache_ttl_seconds`` (0 turns the credential cache off)."""
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """More environment for the server (e.g. ``MLFLOW_SQLALCHEMYSTORE_POOL_SIZE``), over the defaults."""
     port: int = field(default_factory=free_port)
     admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
@@ -268,6 +271,8 @@ class TrackingServer:
             "AWS_ACCESS_KEY_ID": self.s3.access_key,
             "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
             "AWS_DEFAULT_REGION": self.s3.region,
+            **compose_server_settings(),
+            **self.extra_env,
         }
 
     def _auth_config(self) -> Path:
@@ -333,11 +338,17 @@ class TrackingServer:
 
 @contextlib.contextmanager
 def mlflow_server(
-    postgres: Postgres, s3: S3, workers: int | None = None, auth_cache_ttl: int | None = None
+    postgres: Postgres,
+    s3: S3,
+    workers: int | None = None,
+    auth_cache_ttl: int | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[TrackingServer]:
     """A started tracking server in a fresh work folder; stopped and removed on exit."""
     workdir = Path(tempfile.mkdtemp(prefix="mltrain-mlflow-"))
-    server = TrackingServer(workdir=workdir, postgres=postgres, s3=s3, auth_cache_ttl=auth_cache_ttl)
+    server = TrackingServer(
+        workdir=workdir, postgres=postgres, s3=s3, auth_cache_ttl=auth_cache_ttl, extra_env=extra_env or {}
+    )
     if workers is not None:
         server.workers = workers
     LOGS["mlflow server"] = server.log
@@ -373,6 +384,19 @@ def _cpu_use(server: TrackingServer, postgres: Postgres) -> dict[str, float]:
     }
 
 
+def compose_server_settings() -> dict[str, str]:
+    """The compose server's database-pool settings (``MLFLOW_SQLALCHEMYSTORE_*: ${VAR:-default}``), as defaults."""
+    import yaml
+
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    settings = {}
+    for name, value in compose["services"]["mlflow"]["environment"].items():
+        found = re.fullmatch(r"\$\{[A-Z0-9_]+:-([^}]*)\}", str(value))
+        if name.startswith("MLFLOW_SQLALCHEMYSTORE_") and found:
+            settings[name] = found.group(1)
+    return settings
+
+
 def compose_workers() -> int:
     """The compose server's default worker count, so that the test stack runs what deploy/mlflow runs."""
     found = re.search(r"\$\{MLFLOW_WORKERS:-(\d+)\}", (DEPLOY / "compose.yaml").read_text())
@@ -393,9 +417,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--auth-cache-ttl", type=int, default=None, help="credential cache TTL (s), 0: off [default: basic_auth.ini's]"
     )
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="server environment (repeatable)"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS... (default: wait for Ctrl+C)")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not all("=" in item for item in args.env):
+        parser.error(f"--env wants NAME=VALUE, found {args.env}")
+    extra_env = dict(item.split("=", 1) for item in args.env)
     # A plain `kill` must still stop PostgreSQL and the server: SystemExit unwinds the `with` below.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request otherwise
@@ -403,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         with (
             postgres_cluster() as postgres,
             s3_endpoint() as s3,
-            mlflow_server(postgres, s3, args.workers, args.auth_cache_ttl) as server,
+            mlflow_server(postgres, s3, args.workers, args.auth_cache_ttl, extra_env) as server,
         ):
             print(f"tracking server {server.url} ({server.workers} workers, log {server.log})", flush=True)
             if not command:
