@@ -9,11 +9,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.team.servers import (
+from tests.integration.team.servers import (  # the names tests imported from here before servers.py, kept
+    ADMIN,  # noqa: F401
+    BUCKET,  # noqa: F401
+    DB_NAME,  # noqa: F401
+    DB_ROLE,  # noqa: F401
+    DEPLOY,  # noqa: F401
     LOGS,
     S3,
     Postgres,
     TrackingServer,
+    free_port,  # noqa: F401
     log_tail,
     mlflow_server,
     postgres_cluster,
