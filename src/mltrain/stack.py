@@ -23,7 +23,9 @@ ADMIN_USERNAME = "admin"
 
 SECRETS: dict[str, str] = {
     "POSTGRES_PASSWORD": "password of the 'mlflow' PostgreSQL role (set when the database volume is created)",
-    "MINIO_ROOT_PASSWORD": "MinIO root password; MLflow uses it as AWS_SECRET_ACCESS_KEY",
+    "MINIO_ROOT_PASSWORD": "MinIO root password: for the bucket job (minio-buckets) and the console, never a client",
+    "MINIO_MLFLOW_SECRET_KEY": "secret key of MINIO_MLFLOW_ACCESS_KEY, the MLflow server's MinIO user",
+    "MINIO_RAY_SECRET_KEY": "secret key of MINIO_RAY_ACCESS_KEY, the Ray workers' MinIO user",
     "MLFLOW_AUTH_ADMIN_PASSWORD": "password of the MLflow admin, applied once when the user store is created",
     "MLFLOW_FLASK_SERVER_SECRET_KEY": "signs MLflow's CSRF tokens and sessions",
     "JUPYTER_TOKEN": "token of the Jupyter client container (deploy/jupyter)",
@@ -36,12 +38,19 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "MINIO_API_PORT": ("9000", "MinIO S3 API"),
     "MINIO_CONSOLE_PORT": ("9001", "MinIO web console"),
     "JUPYTER_PORT": ("8888", "Jupyter client (deploy/jupyter)"),
-    "MINIO_ROOT_USER": ("mltrain", "MinIO root user; MLflow uses it as AWS_ACCESS_KEY_ID"),
+    "MINIO_ROOT_USER": ("mltrain", "MinIO root user: creates the buckets, the users below and their policies"),
+    "MINIO_MLFLOW_ACCESS_KEY": (
+        "mlflow",
+        "MinIO user of the MLflow server: read/write on bucket mlflow-artifacts only",
+    ),
+    "MINIO_RAY_ACCESS_KEY": ("ray-worker", "MinIO user of the Ray workers: read/write on bucket ray only"),
     "MLFLOW_AUTH_ADMIN_USERNAME": (ADMIN_USERNAME, "MLflow admin user, created at the first start"),
 }
 """Plain settings with their defaults, written to the env file for the operator to adjust."""
 
 SECRET_BYTES = 32  # token_urlsafe(32): 43 characters of [A-Za-z0-9_-], safe in URLs and in env files
+SECRET_BYTES_BY_NAME = {"MINIO_MLFLOW_SECRET_KEY": 30, "MINIO_RAY_SECRET_KEY": 30}
+"""Exceptions to SECRET_BYTES: MinIO's tools make secret keys of at most 40 characters (30 bytes: 40)."""
 
 
 def init_env(dir: str | os.PathLike[str] = DEFAULT_DIR, force: bool = False) -> Path:
@@ -65,15 +74,51 @@ def init_env(dir: str | os.PathLike[str] = DEFAULT_DIR, force: bool = False) -> 
     if path.exists() and not force:
         raise MltrainError(
             f"{path} already exists and was kept (a running stack's database and users were created with its "
-            "secrets); pass --force to replace it"
+            "secrets); pass --add-missing to add only the variables it lacks, or --force to replace it"
         )
     write_private(path, render_env(generate_secrets()))
     return path
 
 
+def add_missing_env(dir: str | os.PathLike[str] = DEFAULT_DIR) -> list[str]:
+    """Append to an existing ``DIR/.env`` the variables a newer mltrain needs, keeping every value it has.
+
+    For upgrades: a stack made before, say, the scoped MinIO users keeps its database and admin
+    passwords, and gains fresh secrets (and default settings) for the new variables only.
+
+    Returns:
+        The names added, in the env file's order (empty when nothing was missing).
+
+    Raises:
+        MltrainError: There is no ``DIR/.env`` to complete.
+    """
+    path = Path(dir) / ENV_FILE
+    if not path.is_file():
+        raise MltrainError(f"expected an env file to complete at {path}, found none; run `mltrain stack init`")
+    present = read_env(path)
+    fresh = generate_secrets()
+    lines: list[str] = []
+    added: list[str] = []
+    for name, (default, purpose) in SETTINGS.items():
+        if name not in present:
+            lines += [f"# {purpose}", f"{name}={default}"]
+            added.append(name)
+    for name, purpose in SECRETS.items():
+        if name not in present:
+            lines += [f"# {purpose}", f"{name}={fresh[name]}"]
+            added.append(name)
+    if added:
+        text = path.read_text()
+        separator = "" if text.endswith("\n") or not text else "\n"
+        write_private(
+            path, text + separator + "\n# Added by `mltrain stack init --add-missing`.\n" + "\n".join(lines) + "\n"
+        )
+    return added
+
+
 def generate_secrets() -> dict[str, str]:
     """A fresh random value for every variable in :data:`SECRETS`."""
-    return {name: secrets.token_urlsafe(SECRET_BYTES) for name in SECRETS}
+    return {name: secrets.token_urlsafe(SECRET_BYTES_BY_NAME.get(name, SECRET_BYTES)) for name in SECRETS}
 
 
 def render_env(values: dict[str, str]) -> str:

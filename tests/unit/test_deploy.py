@@ -51,7 +51,8 @@ def test_no_literal_secrets(path: Path) -> None:
 
 
 def test_no_secret_values_in_any_deploy_file() -> None:
-    literal = re.compile(r"(?i)(password|secret|token|key)[ \t]*[:=][ \t]*['\"]?[A-Za-z0-9_\-]{8,}")
+    # An access key is a user name (env.example shows MINIO_RAY_ACCESS_KEY=ray-worker); its secret key is not.
+    literal = re.compile(r"(?i)(password|secret|token|(?<!access_)key)[ \t]*[:=][ \t]*['\"]?[A-Za-z0-9_\-]{8,}")
     for file in DEPLOY.rglob("*"):
         if file.is_file():
             assert not literal.search(file.read_text()), file
@@ -181,3 +182,113 @@ def test_docker_compose_config_accepts_the_files(tmp_path: Path) -> None:
 def _required_vars() -> set[str]:
     text = "".join(path.read_text() for path in COMPOSE_FILES)
     return set(re.findall(r"\$\{([A-Z0-9_]+):\?", text))
+
+
+# --- Scoped MinIO users ----------------------------------------------------------------------------------
+POLICIES = DEPLOY / "mlflow" / "minio"
+CONSUMERS = {  # MinIO user (its env variables) -> the one bucket it may use, through which policy file
+    "MINIO_MLFLOW": ("mlflow-artifacts", "mlflow-artifacts-rw"),
+    "MINIO_RAY": ("ray", "ray-rw"),
+}
+
+
+def _bucket_script() -> str:
+    return "\n".join(_mlflow()["services"]["minio-buckets"]["command"])
+
+
+def _policy(name: str) -> dict[str, Any]:
+    import json
+
+    return json.loads((POLICIES / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("prefix", sorted(CONSUMERS))
+def test_each_minio_policy_grants_its_bucket_only(prefix: str) -> None:
+    bucket, policy_name = CONSUMERS[prefix]
+    policy = _policy(policy_name)
+    assert policy["Version"] == "2012-10-17"
+    allowed = {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}
+    granted: set[str] = set()
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow" and "NotResource" not in statement and "NotAction" not in statement
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        assert set(resources) <= allowed, f"{policy_name}: {resources} reach beyond bucket {bucket}"
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        # Object and bucket actions only: no admin:*, no s3:* (which would include changing the bucket's policy).
+        assert all(re.fullmatch(r"s3:[A-Z][A-Za-z]+", action) for action in actions), actions
+        granted |= set(actions)
+    # Read/write: what MLflow's artifact store and Ray's storage do with their bucket.
+    assert {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"} <= granted
+
+
+def test_policy_files_are_the_ones_the_bucket_job_creates() -> None:
+    files = {path.stem for path in POLICIES.glob("*.json")}
+    assert files == {policy for _, policy in CONSUMERS.values()}
+    buckets = _mlflow()["services"]["minio-buckets"]
+    assert "./minio:/policies:ro" in buckets["volumes"]
+    script = _bucket_script()
+    for name in files:
+        assert f"mc admin policy create store {name} /policies/{name}.json" in script
+
+
+@pytest.mark.parametrize("prefix", sorted(CONSUMERS))
+def test_bucket_job_creates_each_user_with_its_policy(prefix: str) -> None:
+    _, policy_name = CONSUMERS[prefix]
+    script = _bucket_script()
+    user = f'"$${prefix}_ACCESS_KEY"'
+    assert f'mc admin user add store {user} "$${prefix}_SECRET_KEY"' in script
+    attached = re.findall(rf"mc admin policy attach store (\S+) --user {re.escape(user)}", script)
+    assert attached == [policy_name], attached
+    env = _environment(_mlflow()["services"]["minio-buckets"])
+    for part in ("ACCESS_KEY", "SECRET_KEY"):
+        assert REQUIRED_REF.match(env[f"{prefix}_{part}"]) and f"${{{prefix}_{part}:?" in env[f"{prefix}_{part}"]
+    # Under `sh -e` a failing mc stops the job, and MLflow, which waits for it to succeed, does not start.
+    assert _mlflow()["services"]["minio-buckets"]["entrypoint"] == ["/bin/sh", "-ec"]
+
+
+def test_root_credentials_are_for_minio_and_the_bucket_job_only() -> None:
+    for name, service in _mlflow()["services"].items():
+        text = yaml.safe_dump(service)
+        uses_root = "MINIO_ROOT_USER" in text or "MINIO_ROOT_PASSWORD" in text
+        assert uses_root == (name in {"minio", "minio-buckets"}), name
+
+
+def test_mlflow_server_uses_its_scoped_minio_user() -> None:
+    env = _environment(_mlflow()["services"]["mlflow"])
+    assert env["AWS_ACCESS_KEY_ID"].startswith("${MINIO_MLFLOW_ACCESS_KEY:?")
+    assert env["AWS_SECRET_ACCESS_KEY"].startswith("${MINIO_MLFLOW_SECRET_KEY:?")
+    assert "--artifacts-destination s3://mlflow-artifacts/" in " ".join(_mlflow()["services"]["mlflow"]["command"])
+
+
+# --- Capacity settings -----------------------------------------------------------------------------------
+def test_credential_cache_is_on_with_a_short_ttl() -> None:
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(DEPLOY / "mlflow" / "basic_auth.ini")
+    ttl = config.getint("mlflow", "auth_cache_ttl_seconds")
+    # On: no password-hash check per request. Short: a revoked or changed password stops working on every
+    # worker within minutes, not hours.
+    assert 0 < ttl <= 300, ttl
+
+
+def test_mlflow_workers_default_is_set_and_overridable() -> None:
+    command = _mlflow()["services"]["mlflow"]["command"]
+    workers = command[command.index("--workers") + 1]
+    found = re.fullmatch(r"\$\{MLFLOW_WORKERS:-(\d+)\}", workers)
+    assert found and int(found.group(1)) >= 2, workers
+
+
+def test_database_pool_and_postgres_connections_fit_together() -> None:
+    services = _mlflow()["services"]
+    pool_setting = _environment(services["mlflow"])["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"]
+    pool = int(re.fullmatch(r"\$\{MLFLOW_DB_POOL_SIZE:-(\d+)\}", pool_setting).group(1))
+    assert pool >= 10, "SQLAlchemy's default of 5 made a busy worker open a connection per request"
+    limit = re.search(
+        r"max_connections=\$\{POSTGRES_MAX_CONNECTIONS:-(\d+)\}", " ".join(services["postgres"]["command"])
+    )
+    command = services["mlflow"]["command"]
+    workers = int(re.search(r"\d+", command[command.index("--workers") + 1]).group())
+    # The connections the pools keep (tracking and auth store, per worker), for two replicas, with as many
+    # again for overflow during bursts.
+    assert limit and int(limit.group(1)) >= 2 * (2 * workers * 2 * pool), limit

@@ -101,3 +101,42 @@ def test_generated_env_file_is_ignored_by_git() -> None:
 
     done = subprocess.run(["git", "check-ignore", "-q", "deploy/mlflow/.env"], cwd=REPO)
     assert done.returncode == 0
+
+
+def test_one_minio_user_per_consumer_with_the_names_the_deploy_files_use(stack_dir: Path) -> None:
+    values = stack.read_env(stack.init_env(stack_dir))
+    assert values["MINIO_MLFLOW_ACCESS_KEY"] == "mlflow"
+    assert values["MINIO_RAY_ACCESS_KEY"] == "ray-worker"
+    keys = [values["MINIO_MLFLOW_SECRET_KEY"], values["MINIO_RAY_SECRET_KEY"]]
+    assert all(8 <= len(key) <= 40 for key in keys), "MinIO secret keys are 8-40 characters"
+    assert len({*keys, values["MINIO_ROOT_PASSWORD"]}) == 3, "no user shares the root's secret"
+
+
+def test_add_missing_completes_an_older_env_file_and_keeps_its_values(stack_dir: Path) -> None:
+    path = stack.init_env(stack_dir)
+    before = stack.read_env(path)
+    # An env file from before the scoped MinIO users: the same file without their four variables.
+    new = ("MINIO_MLFLOW_ACCESS_KEY", "MINIO_MLFLOW_SECRET_KEY", "MINIO_RAY_ACCESS_KEY", "MINIO_RAY_SECRET_KEY")
+    old_text = "".join(line + "\n" for line in path.read_text().splitlines() if not line.startswith(new))
+    path.write_text(old_text)
+    path.chmod(0o600)
+
+    assert sorted(stack.add_missing_env(stack_dir)) == sorted(new)
+    after = stack.read_env(path)
+    assert set(after) == set(before)
+    assert all(after[name] == before[name] for name in before if name not in new), "existing values are kept"
+    assert after["MINIO_RAY_ACCESS_KEY"] == "ray-worker" and len(after["MINIO_RAY_SECRET_KEY"]) == 40
+    assert path.read_text().startswith(old_text)
+    assert _mode(path) == 0o600
+    assert stack.add_missing_env(stack_dir) == [], "a complete file is left alone"
+
+
+def test_cli_add_missing(stack_dir: Path) -> None:
+    missing = run_cli("stack", "init", "--dir", str(stack_dir), "--add-missing")
+    assert missing.returncode == 2 and "stack init" in missing.stderr and "Traceback" not in missing.stderr
+    assert run_cli("stack", "init", "--dir", str(stack_dir)).returncode == 0
+    done = run_cli("stack", "init", "--dir", str(stack_dir), "--add-missing")
+    assert done.returncode == 0, done.stderr
+    assert "nothing added" in done.stdout
+    both = run_cli("stack", "init", "--dir", str(stack_dir), "--add-missing", "--force")
+    assert both.returncode == 2 and "choose one" in both.stderr

@@ -36,6 +36,7 @@ SUBCOMMANDS: list[tuple[str | None, str, object]] = [
     ("registry", "list", registry_commands.registry_list),
     (None, "compare", registry_commands.compare),
     ("stack", "init", stack_commands.stack_init),
+    ("stack", "bench", stack_commands.stack_bench),
     ("stack", "init-ray", stack_commands.stack_init_ray),
     ("cluster", "up", cluster_commands.cluster_up),
     ("cluster", "status", cluster_commands.cluster_status),
@@ -52,7 +53,7 @@ GROUP_HELP = {
     "data": "Get Food-11 ready: download and organise it, or synthesise a look-alike.",
     "config": "Inspect the training configuration.",
     "registry": "Promote the best run's model behind an alias, pull a version, list versions.",
-    "stack": "Set up the team tracking server (deploy/mlflow) and the Ray cluster (deploy/ray).",
+    "stack": "Set up the team tracking server (deploy/mlflow) and the Ray cluster (deploy/ray); measure the server.",
     "cluster": "A local Ray cluster on this machine: up, status, down, stop-worker/start-worker.",
     "jobs": "Jobs on a Ray cluster: list, logs, stop (see also `ray job …`).",
 }

@@ -16,17 +16,34 @@ def stack_init(
     ] = stack.DEFAULT_DIR,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing env file.")] = False,
     show: Annotated[bool, typer.Option("--show", help="Also print the generated secrets.")] = False,
+    add_missing: Annotated[
+        bool, typer.Option("--add-missing", help="Keep an existing env file; append only the variables it lacks.")
+    ] = False,
 ) -> None:
     """Generate the tracking server's env file (DIR/.env) with random secrets, readable by you only.
 
     Compose refuses to start the server without it. An existing file is kept unless --force: the
-    database and MLflow's users keep the passwords they were first started with.
+    database and MLflow's users keep the passwords they were first started with. After an upgrade
+    that needs new variables (e.g. the scoped MinIO users), --add-missing adds just those.
 
     \b
     Examples:
       mltrain stack init
       mltrain stack init --dir deploy/mlflow --force
+      mltrain stack init --add-missing
     """
+    if add_missing and force:
+        raise typer.BadParameter("--add-missing keeps the file and --force replaces it: choose one")
+    if add_missing:
+        added = stack.add_missing_env(dir)
+        path = Path(dir) / stack.ENV_FILE
+        print(f"added to {path}: {', '.join(added)}" if added else f"{path} has every variable; nothing added")
+        if show:
+            values = stack.read_env(path)
+            for name in added:
+                if name in stack.SECRETS:
+                    print(f"{name}={values[name]}")
+        return
     path = stack.init_env(dir, force=force)
     values = stack.read_env(path)
     print(f"wrote {path} (mode 0600; secrets not shown, see the file or pass --show)")
@@ -65,3 +82,61 @@ def stack_init_ray(
     print("next: start the cluster with")
     print(f"  docker compose -f {path.parent / 'compose.yaml'} up -d --build      # NVIDIA")
     print(f"  docker compose -f {path.parent / 'compose.rocm.yaml'} up -d --build # AMD (ROCm)")
+
+
+def stack_bench(
+    tracking_uri: Annotated[
+        str | None, typer.Option("--tracking-uri", help="Server to load [default: $MLFLOW_TRACKING_URI].")
+    ] = None,
+    clients: Annotated[int, typer.Option(help="Simulated trainings logging at once (one process each).")] = 16,
+    epochs: Annotated[int, typer.Option(help="Epochs per training: one batch of the 7 epoch metrics each.")] = 100,
+    epoch_seconds: Annotated[
+        float, typer.Option(help="Pause after each epoch; 0 logs back to back (the server's capacity).")
+    ] = 0.0,
+    system_interval: Annotated[float, typer.Option(help="Seconds between system-metric batches; 0: none.")] = 5.0,
+    artifact_every: Annotated[int, typer.Option(help="Epochs between file uploads; 0: none.")] = 25,
+    artifact_kib: Annotated[int, typer.Option(help="Size of each uploaded file, KiB.")] = 64,
+    own_users: Annotated[
+        bool,
+        typer.Option(
+            "--own-users/--shared-user",
+            help="One throwaway login per client (needs an admin login; deleted afterwards), or all use yours.",
+        ),
+    ] = False,
+    retries: Annotated[
+        int | None, typer.Option(help="Client retries per request (counted) [default: MLflow's, 7 with backoff].")
+    ] = None,
+    experiment: Annotated[str, typer.Option(help="Experiment the load runs go to.")] = "mltrain-load",
+    json_file: Annotated[Path | None, typer.Option("--json", help="Also write the results to this JSON file.")] = None,
+) -> None:
+    """Load a tracking server with simulated trainings at once: calls/s, latency, errors, and whether all was kept.
+
+    Each client logs what a training logs (params once, the 7 epoch metrics per epoch, system metrics
+    every few seconds, a file now and then), then every run is read back and each point looked for.
+    Exits 1 when a call failed or anything is missing. Your login comes from MLFLOW_TRACKING_USERNAME
+    and MLFLOW_TRACKING_PASSWORD. See docs/TEAM_SERVER.md, "Capacity".
+
+    \b
+    Examples:
+      mltrain stack bench --tracking-uri http://127.0.0.1:5000 --clients 16 --own-users
+      mltrain stack bench --clients 8 --epochs 20 --json load.json
+      mltrain stack bench --clients 60 --epoch-seconds 10 --system-interval 10   # a team's real pace
+    """
+    from mltrain.stack_bench import LoadPlan, run_load, write_json
+
+    plan = LoadPlan(
+        clients=clients,
+        epochs=epochs,
+        epoch_seconds=epoch_seconds,
+        system_interval=system_interval,
+        artifact_every=artifact_every,
+        artifact_kib=artifact_kib,
+        retries=retries,
+        experiment=experiment,
+    )
+    result = run_load(tracking_uri, plan, own_users=own_users)
+    print(result.table())
+    if json_file is not None:
+        print(f"wrote {write_json(result, json_file)}")
+    if not result.ok:
+        raise typer.Exit(1)

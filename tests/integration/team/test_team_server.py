@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from mltrain import metrics
 from tests.helpers import MLTRAIN, REPO, TINY_TRAIN, run_cli
-from tests.integration.team.conftest import BUCKET, S3, TrackingServer
+from tests.integration.team.servers import BUCKET, S3, TrackingServer
 
 pytestmark = pytest.mark.integration
 
