@@ -98,7 +98,7 @@ def test_two_workers_on_a_cluster_make_one_run_with_a_model(tiny_data: Path, ray
 @pytest.mark.timeout(420)
 def test_failover_to_the_other_node_continues_the_same_run(tiny_data: Path, ray_cluster_factory) -> None:
     cluster = ray_cluster_factory(workers=2, cpus_per_worker=1)
-    epochs = 30
+    epochs = 20
     train = [*TINY_TRAIN, "--set", f"total_epochs={epochs}", "--set", "patience=100", *RAY, "--max-failures", "2"]
     env = cluster.client_env()
     submitted = run_cli("submit", "--no-wait", "--", *MLTRAIN, "train", "--data", str(tiny_data), *train, env=env)
@@ -182,7 +182,7 @@ def test_s3_checkpoints_restart_and_a_run_beyond_max_failures_fails_then_resumes
             monkeypatch.setenv(name, value)
         bucket = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"])
         bucket.create_bucket(Bucket="ray")
-        epochs = 40
+        epochs = 24
         args = [*TINY_TRAIN, "--set", f"total_epochs={epochs}", "--set", "patience=100", *RAY]
         args += ["--storage", "s3://ray/checkpoints", "--max-failures", "1"]
         process = subprocess.Popen(
