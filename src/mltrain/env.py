@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 DATA_DIR_VAR = "FOOD11_DATA_DIR"
@@ -131,3 +133,17 @@ def s3_settings() -> tuple[str | None, str | None, str | None, str]:
 def inside_ray_job() -> bool:
     """True in the entrypoint of a Ray job (``mltrain submit``): its runtime env already reaches every worker."""
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+@contextlib.contextmanager
+def restored(*names: str) -> Iterator[None]:
+    """Put the variables ``names`` back as they were (set, or unset) when the block ends."""
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -176,20 +176,15 @@ def client_auth(connection: ClusterConnection | None) -> Iterator[None]:
     if not updates:
         yield
         return
-    saved = {name: os.environ.get(name) for name in (*updates, env.RAY_AUTH_TOKEN_VAR, env.RAY_AUTH_TOKEN_PATH_VAR)}
-    for name in (env.RAY_AUTH_TOKEN_VAR, env.RAY_AUTH_TOKEN_PATH_VAR):
-        os.environ.pop(name, None)
-    os.environ.update(updates)
-    _refresh_ray_auth()
     try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
+        with env.restored(*updates, env.RAY_AUTH_TOKEN_VAR, env.RAY_AUTH_TOKEN_PATH_VAR):
+            for name in (env.RAY_AUTH_TOKEN_VAR, env.RAY_AUTH_TOKEN_PATH_VAR):
                 os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        _refresh_ray_auth()
+            os.environ.update(updates)
+            _refresh_ray_auth()
+            yield
+    finally:
+        _refresh_ray_auth()  # Ray re-reads the variables as they were
 
 
 def _refresh_ray_auth() -> None:

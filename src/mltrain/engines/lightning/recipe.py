@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from mltrain import metrics
+from mltrain import env, metrics
 from mltrain.config import TrainConfig
 from mltrain.data.module import Food11Data
 from mltrain.engines.checkpoint import CHECKPOINT_FILE, TrainState, save_checkpoint
@@ -228,18 +227,9 @@ def _precision(config: TrainConfig, device: torch.device) -> str:
 
 
 # --- the process around the trainer ---------------------------------------------------------------------------
-@contextlib.contextmanager
-def _ddp_variables_restored() -> Iterator[None]:
+def _ddp_variables_restored() -> contextlib.AbstractContextManager:
     """Lightning's launcher exports LOCAL_RANK etc. in rank 0; left set, a later training would be a 'worker'."""
-    saved = {name: os.environ.get(name) for name in _DDP_VARIABLES}
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    return env.restored(*_DDP_VARIABLES)
 
 
 def _call(trainer: pl.Trainer, entry_point: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
