@@ -219,6 +219,8 @@ def _run(
         run_id=checkpoint["state"].run_id if checkpoint else None,
         run_name=run_name,
         enabled=rank_zero,
+        # A Ray training's machine is its rank-0 worker's node: that worker samples it into the run.
+        system_metrics=config.engine != "ray",
         tags=_run_tags(config) if checkpoint is None else None,
     )
     with _sigterm_as_exception(), tracker, _resume_hint_on_interrupt(tracker, checkpoint, config):

@@ -1,3 +1,5 @@
+import time
+
 import mlflow
 import pytest
 import torch
@@ -144,11 +146,13 @@ def test_a_worker_attaches_logs_and_never_ends_the_run() -> None:
         with RunTracker(run_id=owner.run_id, owner=False) as worker:
             worker.log_metrics({"train_loss": 1.5}, step=0)
             worker.set_tags({"mltrain.ray.restarts": "0"})
+            time.sleep(2.5)  # system metrics are sampled every second in the tests (conftest)
         assert _status(owner.run_id) == "RUNNING"  # the worker left the run to its owner
     finally:
         owner.end("FINISHED")
     run = MlflowClient().get_run(owner.run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["train_loss"] == 1.5
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # the worker's machine, sampled into the run
     assert run.data.tags["mltrain.ray.restarts"] == "0"
     with pytest.raises(ValueError):
         RunTracker(owner=False)

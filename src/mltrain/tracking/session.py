@@ -39,7 +39,7 @@ class RunTracker:
         run_id: Re-attach to this existing run (e.g. after a restart) instead of starting one.
         run_name: Name of a new run.
         enabled: False on every process but rank 0: all calls become no-ops.
-        system_metrics: Sample CPU/memory/GPU into the run while it is open.
+        system_metrics: Sample CPU/memory/GPU of this machine into the run while it is open (attached too).
         tags: Extra tags for the run.
         owner: True for the process that starts and ends the run; False for a worker that attaches to an
             existing run (``run_id``) to log into it, leaving its status alone.
@@ -78,6 +78,7 @@ class RunTracker:
         self._owns_run = False
         self._active = False
         self._client: Any = None
+        self._monitor: Any = None
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> str | None:
@@ -125,6 +126,15 @@ class RunTracker:
             where = self._client.tracking_uri
             raise TrackingError(f"could not attach to run {self.run_id} at {where}: {exc}") from None
         self._active = True
+        if self.system_metrics:
+            # This process's machine, into the run: a Ray worker's node rather than the driver's. Steps go on
+            # from the run's last sample, so a restarted worker does not log step 0 again.
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(
+                self.run_id, resume_logging=True, tracking_uri=self._client.tracking_uri
+            )
+            self._monitor.start()
 
     def end(self, status: str = "FINISHED") -> None:
         """Flush pending logs and end the run with ``status`` (FINISHED, FAILED or KILLED)."""
@@ -132,6 +142,9 @@ class RunTracker:
             return
         import mlflow
 
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
         self.flush()
         self._active = False
         if not self._owns_run:

@@ -85,6 +85,7 @@ def test_two_workers_on_a_cluster_make_one_run_with_a_model(tiny_data: Path, ray
     assert run.data.params["workers"] == "2"
     gpu_info = mlflow.artifacts.load_text(f"runs:/{run_id}/{metrics.GPU_INFO_ARTIFACT}")
     assert "Ray Train rank-0 worker on node" in gpu_info  # written by the worker, not the driver
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # sampled on the rank-0 worker's node
 
     model = mlflow.pytorch.load_model(tags["mltrain.best_model_uri"])
     assert model.eval()(torch.zeros(3, 3, 64, 64)).shape == (3, 11)
