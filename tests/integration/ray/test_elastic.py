@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,11 @@ def test_elastic_group_shrinks_on_a_lost_node_and_grows_back(tiny_data: Path, ra
         run_id = _wait_for(lambda: _running_run_with_epochs(3), 240, "three epochs")
         assert _workers_by_epoch(run_id)[:3] == [2, 2, 2]
         cluster.stop_worker(1)
+        lost_at = time.time()
         # It goes on with one worker, without waiting for a replacement ...
         _wait_for(lambda: 1 in _workers_by_epoch(run_id), 180, "an epoch trained by 1 worker")
         cluster.start_worker(1)
+        back_at = time.time()
         # ... and grows back to two when the node returns.
         _wait_for(lambda: _workers_by_epoch(run_id)[-1] == 2, 180, "the group to grow back to 2")
         process.wait(timeout=400)
@@ -77,7 +80,16 @@ def test_elastic_group_shrinks_on_a_lost_node_and_grows_back(tiny_data: Path, ra
     assert tags["mltrain.ray.resize.1"].startswith("2 -> 1 workers") and tags["mltrain.ray.resize.2"].startswith(
         "1 -> 2"
     )
-    print("resize timeline:", tags["mltrain.ray.resize.1"], "|", tags["mltrain.ray.resize.2"])
+    # The timeline, from when each epoch reached MLflow (an epoch ends a few tenths of a second earlier).
+    history = sorted(MlflowClient().get_metric_history(run_id, metrics.WORKERS), key=lambda m: m.step)
+    first_on_one = next(m for m in history if m.value == 1)
+    first_on_two_again = next(m for m in history if m.value == 2 and m.step > first_on_one.step)
+    print(
+        f"elastic timeline: node lost -> first epoch on 1 worker {first_on_one.timestamp / 1000 - lost_at:.1f}s "
+        f"(epoch {first_on_one.step}); node back -> first epoch on 2 workers "
+        f"{first_on_two_again.timestamp / 1000 - back_at:.1f}s (epoch {first_on_two_again.step}); "
+        f"{tags['mltrain.ray.resize.1']} | {tags['mltrain.ray.resize.2']}"
+    )
 
 
 @pytest.mark.timeout(420)
