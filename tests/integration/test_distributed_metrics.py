@@ -53,6 +53,13 @@ def _evaluate(rank: int, world_size: int, data_dir: str, out: str, port: int) ->
     tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     if rank == 0:
         Path(out).write_text(json.dumps({**validated, **tested}))
+    if world_size > 1:
+        # Leave the group together: a process that exits while its peer's gloo connection is open can make
+        # the peer abort (SIGABRT) on the closed socket.
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _run(world_size: int, data: Path, out: Path) -> dict[str, float]:

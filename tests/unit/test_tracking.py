@@ -158,3 +158,19 @@ def test_a_worker_attaches_logs_and_never_ends_the_run() -> None:
         RunTracker(owner=False)
     with pytest.raises(TrackingError):
         RunTracker(run_id="0" * 32, owner=False).start()
+
+
+def test_a_worker_shorter_than_the_sampling_interval_still_samples_its_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "60")
+    owner = RunTracker(experiment="t", system_metrics=False)
+    owner.start()
+    try:
+        for _ in range(2):  # a restarted worker goes on from the run's last sample
+            with RunTracker(run_id=owner.run_id, owner=False) as worker:
+                worker.log_metrics({"train_loss": 1.5}, step=0)
+    finally:
+        owner.end("FINISHED")
+    history = MlflowClient().get_metric_history(owner.run_id, "system/cpu_utilization_percentage")
+    assert sorted(point.step for point in history) == [0, 1]

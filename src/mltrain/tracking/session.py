@@ -129,11 +129,7 @@ class RunTracker:
         if self.system_metrics:
             # This process's machine, into the run: a Ray worker's node rather than the driver's. Steps go on
             # from the run's last sample, so a restarted worker does not log step 0 again.
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-            self._monitor = SystemMetricsMonitor(
-                self.run_id, resume_logging=True, tracking_uri=self._client.tracking_uri
-            )
+            self._monitor = _system_monitor(self.run_id, self._client.tracking_uri)
             self._monitor.start()
 
     def end(self, status: str = "FINISHED") -> None:
@@ -368,3 +364,34 @@ def _pip_requirements() -> list[str]:
         f"torchvision=={release(torchvision.__version__)}",
         f"mlflow=={release(mlflow.__version__)}",
     ]
+
+
+
+def _system_monitor(run_id: str, tracking_uri: str) -> Any:
+    """MLflow's system-metrics monitor for an attached run that logs at least one sample, however short.
+
+    MLflow's monitor publishes after its sampling interval and drops what it holds when stopped, so a
+    process that trains for less than the interval would leave no trace of its machine in the run.
+    """
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    class AtLeastOnce(SystemMetricsMonitor):
+        published = 0
+
+        def publish_metrics(self, metrics: dict[str, float]) -> None:
+            super().publish_metrics(metrics)
+            self.published += 1
+
+        def finish(self) -> None:
+            super().finish()
+            if self.published:
+                return
+            try:
+                self.collect_metrics()
+                self.publish_metrics(self.aggregate_metrics())
+                self.mlflow_logger.flush()
+            except Exception as exc:  # the run keeps its training metrics; only this sample is missing
+                log.warning("could not log a system-metrics sample for run %s: %s", run_id, exc)
+
+    # Steps go on from the run's last sample, so a restarted worker does not log step 0 again.
+    return AtLeastOnce(run_id, resume_logging=True, tracking_uri=tracking_uri)
