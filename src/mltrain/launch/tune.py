@@ -41,6 +41,7 @@ from typing import Any
 
 from ray.tune import Callback, Stopper
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from mltrain import env, metrics
 from mltrain.config import TrainConfig
@@ -541,7 +542,6 @@ def _log_search(tracker: Any, plan: _Plan) -> None:
 
 def _tuner(plan: _Plan, job: TrialJob, recorder: Any, interrupt: _Interrupt) -> Any:
     from ray import tune as ray_tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     settings = plan.settings
@@ -551,12 +551,11 @@ def _tuner(plan: _Plan, job: TrialJob, recorder: Any, interrupt: _Interrupt) -> 
     trainable = ray_tune.with_resources(
         ray_tune.with_parameters(run_trial, job=job), {"CPU": 0, "memory": _TRIAL_DRIVER_MEMORY}
     )
-    scheduler = ASHAScheduler(
-        time_attr=EPOCHS_DONE,
+    scheduler = _FinishingASHA(
         max_t=settings.max_epochs,
         grace_period=settings.grace_period,
         reduction_factor=settings.reduction_factor,
-        stop_last_trials=False,  # a trial that reaches max_t finishes on its own: test pass, model, FINISHED
+        stop_last_trials=False,
     )
     return ray_tune.Tuner(
         trainable,
@@ -577,6 +576,24 @@ def _tuner(plan: _Plan, job: TrialJob, recorder: Any, interrupt: _Interrupt) -> 
             verbose=0,  # the recorder prints a line per trial event; the table comes at the end
         ),
     )
+
+
+class _FinishingASHA(ASHAScheduler):
+    """ASHA that lets a trial which has run every epoch finish on its own: test pass, best model, FINISHED.
+
+    Ray's ASHA has a rung at ``max_t`` too, and stops the trials below its median there (also with
+    ``stop_last_trials=False``): their training is done, but Tune would end them before their test pass.
+    No trial runs past ``max_t``, so skipping that rung changes no other decision.
+    """
+
+    def __init__(self, *, max_t: int, **options: Any) -> None:
+        super().__init__(time_attr=EPOCHS_DONE, max_t=max_t, **options)
+        self.max_epochs = max_t
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result.get(EPOCHS_DONE, 0) >= self.max_epochs:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
 
 
 class _Interrupt(Stopper):

@@ -5,6 +5,7 @@ The trials train on CPUs on the tiny synthetic set; a search of 4 samples x 3 ep
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
@@ -105,46 +106,85 @@ def test_asha_search_makes_one_finished_child_per_trial_and_saves_compute(tiny_d
     assert best.info.run_id in promoted.stdout
 
 
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
+def _wait_for(predicate, timeout: float, what: str, process: subprocess.Popen):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        assert process.poll() is None, process.communicate()[0][-5000:]
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-@pytest.mark.timeout(300)
-def test_ctrl_c_mid_search_ends_the_search_and_every_trial_killed(tiny_data: Path) -> None:
-    args = [*TINY_TRAIN, *CPU, "--set", "patience=100", "--samples", "4", "--max-epochs", "200"]
-    args += ["--max-concurrent", "2"]
+def _trials_training(count: int, epochs: int) -> dict[str, int] | None:
+    """{run id: epochs} of the RUNNING trial runs, once ``count`` of them have logged ``epochs`` epochs."""
+    running = {
+        run.info.run_id: len(_epochs(run.info.run_id, metrics.VAL_LOSS))
+        for run in _runs()
+        if PARENT in run.data.tags and run.info.status == "RUNNING"
+    }
+    return running if sum(logged >= epochs for logged in running.values()) >= count else None
+
+
+def _trial_processes(driver: psutil.Process) -> list[psutil.Process]:
+    """The Tune trial actors (each runs a trial function and owns its Ray Train run)."""
+
+    def is_trial(process: psutil.Process) -> bool:
+        with contextlib.suppress(psutil.Error):
+            return "ImplicitFunc" in " ".join(process.cmdline()) and process.status() != psutil.STATUS_ZOMBIE
+        return False
+
+    return [process for process in driver.children(recursive=True) if is_trial(process)]
+
+
+@pytest.mark.timeout(360)
+def test_a_lost_trial_resumes_its_run_then_ctrl_c_ends_every_run_killed(tiny_data: Path) -> None:
+    """Two behaviours in one search (a search spends ~30 s here starting Ray and its first trials).
+
+    A trial's process killed (what losing its node does to it; its Ray Train run goes with it): Tune retries the
+    trial, which resumes its own run from its last checkpoint. Then Ctrl+C: the search's run and every trial's
+    run end KILLED, and no Ray process of the search is left.
+    """
+    args = [*TINY_TRAIN, *CPU, "--set", "patience=300", "--samples", "2", "--max-epochs", "300"]
+    args += ["--max-concurrent", "2", "--grace-period", "300"]  # ASHA stops nothing: both trials keep training
     process = subprocess.Popen(
         [*MLTRAIN, "tune", "--data", str(tiny_data), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        deadline = time.monotonic() + 200
-        while time.monotonic() < deadline:  # two trials training, epochs logged
-            training = [
+        driver = psutil.Process(process.pid)
+        # A few epochs in, so that each trial has reported a checkpoint.
+        _wait_for(lambda: _trials_training(2, epochs=3), 200, "two trials training", process)
+        [lost, *_] = _wait_for(lambda: _trial_processes(driver), 30, "the trial processes", process)
+        before = _trials_training(2, epochs=3)
+        lost.kill()
+        [resumed] = _wait_for(
+            lambda: [
                 run
                 for run in _runs()
-                if PARENT in run.data.tags and run.info.status == "RUNNING" and _epochs(run.info.run_id, "val_loss")
-            ]
-            if len(training) >= 2:
-                break
-            assert process.poll() is None, process.communicate()[0][-5000:]
-            time.sleep(1)
-        else:
-            raise AssertionError("no two trials trained within 200 s")
-        ray_processes = _descendants(process.pid)
+                if run.data.tags.get("mltrain.resumes") == "1"
+                and len(_epochs(run.info.run_id, metrics.VAL_LOSS)) > before.get(run.info.run_id, 0)
+            ],
+            200,
+            "the lost trial to resume its run and train on",
+            process,
+        )
+        ray_processes = driver.children(recursive=True)
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=150)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130, output[-5000:]
+    assert f"resuming run {resumed.info.run_id} from its checkpoint" in output
     runs = _runs()
     [parent] = [run for run in runs if PARENT not in run.data.tags]
-    assert parent.info.status == "KILLED"
     children = [run for run in runs if run.data.tags.get(PARENT) == parent.info.run_id]
-    assert len(children) >= 2 and {child.info.status for child in children} == {"KILLED"}, output[-3000:]
+    assert parent.info.status == "KILLED"
+    assert len(children) == 2 and {child.info.status for child in children} == {"KILLED"}, output[-3000:]
+    for child in children:  # the resumed trial too: every epoch once, none lost to the restart
+        ran = _epochs(child.info.run_id, metrics.VAL_LOSS)
+        assert ran == list(range(len(ran))) and len(ran) >= 1
     # The search's Ray went with it: no trial, Train controller or worker is left behind.
     _, alive = psutil.wait_procs(ray_processes, timeout=30)
     assert not alive, [process.cmdline()[:3] for process in alive]
