@@ -33,6 +33,8 @@ CHANGEABLE_ON_RESUME = frozenset(
         "cache_dir",
         "output_dir",
         "workers",
+        "min_workers",
+        "resize_interval",
         "cpus_per_worker",
         "gpus_per_worker",
         "max_failures",
@@ -103,7 +105,13 @@ class TrainConfig(BaseModel):
     keep_host_memory: bool = True
     """Keep freed host memory for reuse (glibc malloc: no mmap/trim) instead of page-faulting it back each step."""
     workers: int = Field(1, ge=1)
-    """engine=ray: Ray Train workers (data-parallel processes, each on any node with the resources)."""
+    """engine=ray: Ray Train workers (data-parallel processes, each on any node with the resources); with
+    `min_workers`, the most the elastic group grows to."""
+    min_workers: int | None = Field(None, ge=1)
+    """engine=ray: set below `workers` for elastic training: the group shrinks to the workers the cluster can
+    place (down to this many) instead of waiting for a lost node, and grows back when resources return."""
+    resize_interval: float = Field(60, gt=0)
+    """engine=ray, elastic: seconds between checks whether the group can grow again."""
     cpus_per_worker: float = Field(1, gt=0)
     """engine=ray: logical CPUs each worker reserves."""
     gpus_per_worker: float = Field(0, ge=0)
@@ -137,11 +145,22 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"devices={self.devices}: the torch engine trains on one device; use engine=lightning for several"
             )
-        if self.engine != "ray" and self.workers > 1:
-            raise ValueError(f"workers={self.workers} needs engine=ray (Ray Train workers)")
+        if self.engine != "ray" and (self.workers > 1 or self.min_workers is not None):
+            raise ValueError(f"workers={self.workers_text()} needs engine=ray (Ray Train workers)")
+        if self.min_workers is not None and self.min_workers > self.workers:
+            raise ValueError(f"min_workers={self.min_workers} is more than workers={self.workers}")
         if self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
             raise ValueError(f"gpus_per_worker={self.gpus_per_worker}: Ray takes a fraction below 1 or whole GPUs")
         return self
+
+    @property
+    def elastic(self) -> bool:
+        """engine=ray with a range of workers (``min_workers`` < ``workers``)."""
+        return self.min_workers is not None and self.min_workers < self.workers
+
+    def workers_text(self) -> str:
+        """``N``, or ``MIN-MAX`` for an elastic group: the form ``--workers`` takes."""
+        return f"{self.min_workers}-{self.workers}" if self.elastic else str(self.workers)
 
     # --- construction -----------------------------------------------------------------------------------
     @classmethod
@@ -192,6 +211,18 @@ class TrainConfig(BaseModel):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(yaml.safe_dump(self.model_dump(), sort_keys=False))
         return target
+
+
+def parse_workers(text: str) -> dict[str, int | None]:
+    """``"2"`` → ``{"workers": 2, "min_workers": None}``; ``"1-2"`` → ``{"workers": 2, "min_workers": 1}``."""
+    low, sep, high = text.strip().partition("-")
+    try:
+        numbers = (int(low), int(high)) if sep else (int(low), int(low))
+    except ValueError:
+        raise ConfigError(f"--workers {text!r}: expected a number of workers (2) or a range MIN-MAX (1-2)") from None
+    if numbers[0] < 1 or numbers[0] > numbers[1]:
+        raise ConfigError(f"--workers {text!r}: expected 1 <= MIN <= MAX")
+    return {"workers": numbers[1], "min_workers": numbers[0] if sep else None}
 
 
 def resolve_resume(

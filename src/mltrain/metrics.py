@@ -10,6 +10,8 @@ VAL_ACCURACY = "val_accuracy"
 TRAINABLE_PARAMS = "trainable_params"
 DATA_WAIT_FRACTION = "data_wait_fraction"
 """Share of the epoch spent waiting for the next batch: near 0 means the data path keeps up."""
+WORKERS = "workers"
+"""Data-parallel processes that trained the epoch (1 locally; changes when an elastic Ray group resizes)."""
 TRACKING_BLOCKED = "tracking_blocked_seconds"
 """Seconds the training loop spent in MLflow calls since the previous epoch (logging is queued: near 0)."""
 TEST_LOSS = "test_loss"
@@ -25,6 +27,7 @@ EPOCH_METRICS: tuple[str, ...] = (
     VAL_ACCURACY,
     TRAINABLE_PARAMS,
     DATA_WAIT_FRACTION,
+    WORKERS,
 )
 """Logged once per epoch with ``step=epoch`` (0-based)."""
 FINAL_METRICS: tuple[str, ...] = (TEST_LOSS, TEST_ACCURACY)

@@ -98,6 +98,7 @@ def test_runtime_env_forwards_data_tracking_and_credentials(monkeypatch: pytest.
         "MLFLOW_TRACKING_URI": "http://mlflow:5000",
         "MLFLOW_TRACKING_USERNAME": "bob",  # --env wins
         "MLFLOW_TRACKING_PASSWORD": "pw",
+        "RAY_JOB_STOP_WAIT_TIME_S": "30",  # time for a stopped training to end its run KILLED
     }
     assert runtime["pip"] == ["requests"] and runtime["working_dir"] == str(tmp_path)
 

@@ -38,7 +38,12 @@ def train(
     engine: Annotated[str | None, typer.Option(help="torch, lightning or ray [default: config's engine].")] = None,
     devices: Annotated[str | None, typer.Option(help="Number of devices, or auto.")] = None,
     accelerator: Annotated[str | None, typer.Option(help="auto, cpu, gpu or mps.")] = None,
-    workers: Annotated[int | None, typer.Option(help="engine=ray: Ray Train workers.")] = None,
+    workers: Annotated[
+        str | None, typer.Option(help="engine=ray: Ray Train workers, N or MIN-MAX (elastic, e.g. 1-2).")
+    ] = None,
+    resize_interval: Annotated[
+        float | None, typer.Option(help="engine=ray, elastic: seconds between checks to grow the group.")
+    ] = None,
     cpus_per_worker: Annotated[float | None, typer.Option(help="engine=ray: CPUs per worker.")] = None,
     gpus_per_worker: Annotated[
         float | None, typer.Option(help="engine=ray: GPUs per worker; a fraction lets trainings share one.")
@@ -74,10 +79,13 @@ def train(
       mltrain train --config my.yaml --set lr=3e-4 --set total_epochs=10
       mltrain train --resume outputs/<run_id> --set total_epochs=30
       mltrain train --engine ray --workers 2 --data Food-11
+      mltrain train --engine ray --workers 1-2 --resize-interval 30 --data Food-11
     """
+    from mltrain.config import parse_workers
     from mltrain.errors import TrainingInterrupted
     from mltrain.training import train as run_training
 
+    scaling = parse_workers(workers) if workers is not None else {}
     try:
         result = run_training(
             config_file=config,
@@ -86,7 +94,8 @@ def train(
                 engine=engine,
                 devices=devices,
                 accelerator=accelerator,
-                workers=workers,
+                **{key: ("null" if value is None else value) for key, value in scaling.items()},
+                resize_interval=resize_interval,
                 cpus_per_worker=cpus_per_worker,
                 gpus_per_worker=gpus_per_worker,
                 storage=storage,

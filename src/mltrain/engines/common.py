@@ -174,7 +174,9 @@ def timed_batches(loader: Iterable, stats: EpochStats) -> Iterator:
         yield batch
 
 
-def epoch_metrics(train: EpochStats, val: EpochStats, epoch_time: float, trainable_params: int) -> dict[str, float]:
+def epoch_metrics(
+    train: EpochStats, val: EpochStats, epoch_time: float, trainable_params: int, workers: int = 1
+) -> dict[str, float]:
     """The per-epoch metrics in the shared vocabulary."""
     return {
         metrics.EPOCH_TIME: epoch_time,
@@ -184,6 +186,7 @@ def epoch_metrics(train: EpochStats, val: EpochStats, epoch_time: float, trainab
         metrics.VAL_ACCURACY: val.accuracy,
         metrics.TRAINABLE_PARAMS: float(trainable_params),
         metrics.DATA_WAIT_FRACTION: (train.wait_seconds + val.wait_seconds) / max(epoch_time, 1e-9),
+        metrics.WORKERS: float(workers),
     }
 
 

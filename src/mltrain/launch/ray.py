@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -43,10 +45,17 @@ from mltrain import env, metrics
 from mltrain.config import TrainConfig
 from mltrain.errors import TrainingFailed
 
+log = logging.getLogger(__name__)
+
 RUN_NAME_TAG = "mltrain.ray.run_name"
 STORAGE_TAG = "mltrain.ray.storage"
 RESTARTS_TAG = "mltrain.ray.restarts"
-"""How many times Ray Train restarted the worker group (after a failure) in this training."""
+"""How many times Ray Train restarted the worker group in this training (after a failure, or to resize it)."""
+RESIZES_TAG = "mltrain.ray.resizes"
+"""How many restarts changed the number of workers (elastic training); ``mltrain.ray.resize.<n>`` says how."""
+WAITING_TAG = "mltrain.ray.waiting"
+"""Set while the training cannot place its workers (e.g. a node lost and none returning): what it waits for."""
+_WORLD_SIZE_TAG = "mltrain.ray.world_size"
 _ATTEMPTS_TAG = "mltrain.ray.attempts"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _KEEP_CHECKPOINTS = 3
@@ -218,7 +227,7 @@ def fit(
         {
             RUN_NAME_TAG: run_name,
             STORAGE_TAG: f"{storage_uri}/{run_name}",
-            "mltrain.ray.workers": str(config.workers),
+            "mltrain.ray.workers": config.workers_text(),
             "mltrain.ray.resources_per_worker": ", ".join(f"{k}={v:g}" for k, v in _worker_resources(config).items()),
             _ATTEMPTS_TAG: "0",
             RESTARTS_TAG: "0",
@@ -249,9 +258,10 @@ def fit(
         # gloo unless the workers really train on GPUs: logical GPUs (tests, CPU-only clusters) have no NCCL.
         torch_config=TorchConfig(backend="nccl" if use_gpu and config.accelerator != "cpu" else "gloo"),
     )
-    print(f"Ray Train run {run_name}: {config.workers} worker(s), checkpoints in {storage_uri}/{run_name}", flush=True)
+    workers = f"{config.workers_text()} worker(s){' (elastic)' if config.elastic else ''}"
+    print(f"Ray Train run {run_name}: {workers}, checkpoints in {storage_uri}/{run_name}", flush=True)
     try:
-        result = _fit_interruptibly(trainer)
+        result = _fit_interruptibly(trainer, _PlacementWatch(config, tracker))
     except BaseException as exc:
         kept = _bring_back(f"{storage_path}/{run_name}", filesystem, folder)
         if isinstance(exc, Exception) and type(exc).__module__.startswith("ray."):
@@ -276,14 +286,22 @@ def fit(
     )
 
 
-def _fit_interruptibly(trainer: Any) -> Any:
+def _fit_interruptibly(trainer: Any, watch: _PlacementWatch) -> Any:
     """``trainer.fit()`` in a thread, so that Ctrl+C and SIGTERM reach this (main) thread at once.
 
-    In the main thread, ``fit`` blocks in ``ray.get``, where Ray lets only KeyboardInterrupt through (a
-    SIGTERM turned into an exception is swallowed) and installs its own Ctrl+C handler for good. Here the
-    main thread waits in Python; on an interrupt it disconnects from Ray, which ends the Train controller
-    and its workers (they share the driver's fate), and the caller ends the run KILLED.
+    In the main thread, ``fit`` would block in ``ray.get``, where a SIGTERM turned into an exception is
+    swallowed, and Ray Train's own Ctrl+C handler asks the controller to abort — which a controller still
+    waiting for its workers' resources only hears after up to a minute. Here the main thread waits in
+    Python; on an interrupt it stops the Train controller (its workers share its fate), waits for ``fit``
+    to return, and re-raises, so the caller ends the run KILLED. In a Tune trial signals belong to Tune.
     """
+    stop = threading.Event()
+    threading.Thread(target=watch.run, args=(stop,), name="ray-placement-watch", daemon=True).start()
+    if threading.current_thread() is not threading.main_thread():
+        try:
+            return trainer.fit()
+        finally:
+            stop.set()
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -292,24 +310,108 @@ def _fit_interruptibly(trainer: Any) -> Any:
         except BaseException as exc:  # handed to the main thread
             outcome["error"] = exc
 
-    # A daemon thread: after an interrupt it may stay blocked in Ray until the process exits.
     thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
     thread.start()
     try:
         while thread.is_alive():
             thread.join(timeout=0.5)
     except BaseException:
-        ray.shutdown()
+        _stop_train_controller()
+        thread.join(timeout=60)  # fit returns once its controller is gone
         raise
+    finally:
+        stop.set()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
 
 
+def _stop_train_controller() -> None:
+    """SIGKILL this driver's Ray Train controller: Ray then ends its worker actors (they share its fate).
+
+    The controller runs on the driver's node. On a cluster, Ray's state API names it (by this job's id);
+    an embedded Ray has no dashboard to ask, but there the controller is one of this process's descendants.
+    """
+    import psutil
+
+    job = ray.get_runtime_context().get_job_id()
+    pids: list[int] = []
+    try:
+        from ray.util.state import list_actors
+
+        filters = [("class_name", "=", "TrainController"), ("state", "=", "ALIVE"), ("job_id", "=", job)]
+        pids = [actor.pid for actor in list_actors(filters=filters, raise_on_missing_output=False)]
+    except Exception:
+        for process in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "TrainController" in " ".join(process.cmdline()):
+                    pids.append(process.pid)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+class _PlacementWatch:
+    """Says so — on the console and as the run tag ``mltrain.ray.waiting`` — when the cluster's live nodes
+    cannot hold the workers the training needs (a fixed group that lost a node, say): it then waits for
+    resources, and a silent wait would look like a hang."""
+
+    def __init__(self, config: TrainConfig, tracker: Any, every: float = 5.0) -> None:
+        self.config = config
+        self.tracker = tracker
+        self.every = every
+        self.needed = config.min_workers if config.elastic else config.workers
+        self.waiting = False
+
+    def run(self, stop: threading.Event) -> None:
+        """Check every few seconds until ``stop`` is set (a daemon thread beside ``fit``)."""
+        while not stop.wait(self.every):
+            self.check()
+
+    def check(self) -> None:
+        try:
+            places, alive = self._places()
+        except Exception:  # Ray is shutting down or unreachable: the training itself will say so
+            return
+        if places < self.needed and not self.waiting:
+            self.waiting = True
+            wanted = ", ".join(f"{k}={v:g}" for k, v in _worker_resources(self.config).items())
+            reason = (
+                f"waiting for resources: {self.needed} worker(s) of {wanted} needed, the live nodes "
+                f"({', '.join(alive) or 'none'}) hold {places}; since {datetime.now(UTC):%Y-%m-%dT%H:%M:%S}Z"
+            )
+            print(
+                f"{reason} (start a node, or stop with Ctrl+C: the run ends KILLED, the checkpoint stays)", flush=True
+            )
+            self.tracker.set_tags({WAITING_TAG: reason})
+        elif places >= self.needed and self.waiting:
+            self.waiting = False
+            print("resources are back: the workers can be placed again", flush=True)
+            self.tracker.set_tags({WAITING_TAG: ""})
+
+    def _places(self) -> tuple[int, list[str]]:
+        """How many workers the live nodes could hold if nothing else ran, and the live nodes' names."""
+        wanted = _worker_resources(self.config)
+        places, alive = 0, []
+        for node in ray.nodes():
+            if not node["Alive"]:
+                continue
+            alive.append(node.get("NodeName") or node["NodeManagerAddress"])
+            total = node.get("Resources", {})
+            places += int(min(total.get(name, 0) // amount for name, amount in wanted.items()))
+        return places, alive
+
+
 def _scaling(config: TrainConfig, use_gpu: bool) -> Any:
+    """Ray's ScalingConfig: a fixed group, or (elastic) a (min, max) range with a resize monitor."""
     from ray.train import ScalingConfig
 
-    return ScalingConfig(num_workers=config.workers, use_gpu=use_gpu, resources_per_worker=_worker_resources(config))
+    return ScalingConfig(
+        num_workers=(config.min_workers, config.workers) if config.elastic else config.workers,
+        elastic_resize_monitor_interval_s=config.resize_interval,
+        use_gpu=use_gpu,
+        resources_per_worker=_worker_resources(config),
+    )
 
 
 def _run_name(run_id: str, resume: dict[str, Any] | None) -> str:
@@ -349,7 +451,8 @@ def _bring_back(run_path: str, filesystem: Any, folder: Path) -> bool:
 
     try:
         latest = Result.from_path(run_path, storage_filesystem=filesystem).checkpoint
-    except Exception:  # no checkpoint was ever reported
+    except Exception as exc:  # no checkpoint was ever registered (or the storage is unreachable)
+        log.warning("no checkpoint to bring back from %s: %s", run_path, exc)
         return False
     if latest is None:
         return False
@@ -383,7 +486,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     try:
         with tracker:
-            restart = _record_start(tracker, resume, source) if rank == 0 else None
+            restart = _record_start(tracker, resume, source, context.get_world_size()) if rank == 0 else None
             recipe = LightningRecipe(
                 config,
                 data,
@@ -453,12 +556,28 @@ def _worker_data_dir(driver_dir: str) -> str:
     return str(env.data_dir(None)) if os.environ.get(env.DATA_DIR_VAR) else driver_dir
 
 
-def _record_start(tracker: Any, resume: dict[str, Any] | None, source: str | None) -> int | None:
-    """Count the worker group's starts; a start after the first is a restart (returns its number)."""
+def _record_start(tracker: Any, resume: dict[str, Any] | None, source: str | None, world_size: int) -> int | None:
+    """Count the worker group's starts; a start after the first is a restart (returns its number).
+
+    A start with another number of workers than the previous one is also a resize (an elastic group that
+    shrank after losing a node, or grew when resources returned): counted in ``mltrain.ray.resizes`` and
+    described in ``mltrain.ray.resize.<n>``.
+    """
     from mltrain.tracking import gpu_info_text
 
     attempt = int(tracker.tag_value(_ATTEMPTS_TAG) or 0) + 1
-    tracker.set_tags({_ATTEMPTS_TAG: str(attempt), RESTARTS_TAG: str(attempt - 1)})
+    previous = tracker.tag_value(_WORLD_SIZE_TAG)
+    tags = {_ATTEMPTS_TAG: str(attempt), RESTARTS_TAG: str(attempt - 1), _WORLD_SIZE_TAG: str(world_size)}
+    if previous is not None and int(previous) != world_size:
+        resizes = int(tracker.tag_value(RESIZES_TAG) or 0) + 1
+        epoch = resume["state"].next_epoch if resume else 0
+        when = datetime.now(UTC).isoformat(timespec="seconds")
+        tags |= {
+            RESIZES_TAG: str(resizes),
+            f"mltrain.ray.resize.{resizes}": f"{previous} -> {world_size} workers at epoch {epoch} ({when})",
+        }
+        print(f"resized: {previous} -> {world_size} worker(s), continuing at epoch {epoch + 1}", flush=True)
+    tracker.set_tags(tags)
     if attempt == 1:
         node = ray.util.get_node_ip_address()
         tracker.log_text(f"Ray Train rank-0 worker on node {node}\n\n{gpu_info_text()}", metrics.GPU_INFO_ARTIFACT)

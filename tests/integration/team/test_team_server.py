@@ -148,10 +148,11 @@ def test_training_keeps_training_through_a_server_outage(
     assert trainer.returncode == 0, f"{stdout}\n{stderr}"
     epoch_lines = [at for at, line in lines if re.match(rf"epoch\s+\d+/{epochs} ", line)]
     assert len(epoch_lines) == epochs, stdout
-    # Logging is queued: the loop did not wait for the server. (Synchronous logging trained no epoch at all
-    # while the server was down: each call sat in its retries.)
+    # Logging is queued: the loop did not wait for the server. Synchronous logging trained no epoch while the
+    # server was down (each call sat in its retries, seconds to minutes); how long the loop spent in MLflow
+    # calls is measured per epoch, and stays a blink through the outage.
     during = [at for at in epoch_lines if killed_at < at < back_at]
-    assert len(during) >= 3, f"only {len(during)} epoch(s) finished during the 30 s outage:\n{stdout}"
+    assert during, f"no epoch finished during the 30 s outage:\n{stdout}"
 
     run_id = _run_id(stdout)
     client = MlflowClient()
@@ -161,6 +162,8 @@ def test_training_keeps_training_through_a_server_outage(
         assert _steps(client, run_id, key) == list(range(epochs)), key
     for key in metrics.FINAL_METRICS:
         assert len(client.get_metric_history(run_id, key)) == 1, key
+    blocked = [m.value for m in client.get_metric_history(run_id, metrics.TRACKING_BLOCKED)]
+    assert len(blocked) == epochs and max(blocked) < 2.0, blocked
     # The system-metrics thread waited out the outage (its requests retried too) and ended with the run.
     assert client.get_metric_history(run_id, "system/cpu_utilization_percentage")
     assert "Failed to get mlflow run" not in stderr and "Failed to log system metrics" not in stderr, stderr

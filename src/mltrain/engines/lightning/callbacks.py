@@ -230,6 +230,7 @@ class EpochMetrics(Callback):
             metrics.EPOCH_TIME: elapsed,
             metrics.TRAINABLE_PARAMS: float(count_trainable(pl_module.model)),
             metrics.DATA_WAIT_FRACTION: (self.timer.seconds - self._waited) / max(elapsed, 1e-9),
+            metrics.WORKERS: float(trainer.world_size),  # the same on every rank: the mean is the count
         }
         pl_module.log_dict(values, on_step=False, on_epoch=True, sync_dist=True)
 
