@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -89,6 +90,7 @@ def test_impossible_values_are_checked_against_the_fixed_config() -> None:
         (SearchSettings(metric="accuracy"), "--metric must be one of"),
         (SearchSettings(mode="best"), "--mode"),
         (SearchSettings(workers_per_trial=0), "--workers-per-trial"),
+        (SearchSettings(workers_per_trial=2, min_workers_per_trial=3), "--workers-per-trial must be N >= 1 or MIN-MAX"),
         (SearchSettings(cpus_per_trial=0), "--cpus-per-trial"),
         (SearchSettings(max_concurrent=0), "--max-concurrent"),
     ],
@@ -124,6 +126,18 @@ def test_on_cpus_concurrency_follows_the_cpus_and_workers_per_trial(monkeypatch:
     assert plan.settings.max_concurrent == 3  # 7 one-CPU workers hold three 2-worker trials
     assert _plan(monkeypatch, [_node(CPU=64)]).settings.max_concurrent == 16  # never more than the samples
     assert _plan(monkeypatch, [_node(CPU=64)], max_concurrent=5).settings.max_concurrent == 5
+
+
+def test_elastic_trials_are_sized_for_their_most_workers(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    settings = SearchSettings(samples=4, max_epochs=2, workers_per_trial=2, min_workers_per_trial=1, cpus_per_trial=1)
+    plan = tune._plan(None, ["lr=uniform(0.001,0.01)"], ["initial_epochs=1"], None, tiny_data, settings, None)
+    assert (plan.base.min_workers, plan.base.workers, plan.base.cpus_per_worker) == (1, 2, 0.5)
+    assert plan.base.engine == "ray" and plan.base.total_epochs == 2 and Path(plan.base.output_dir).is_absolute()
+    monkeypatch.setattr(ray, "nodes", lambda: [_node(CPU=3)])
+    tune._place(plan)
+    assert plan.settings.max_concurrent == 3  # 6 half-CPU workers: three trials at their 2 workers
 
 
 def test_a_trial_the_cluster_cannot_hold_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,7 +28,9 @@ def tune(
     reduction_factor: Annotated[float, typer.Option(help="ASHA: 1 in this many trials goes on at each rung.")] = 2,
     metric: Annotated[str, typer.Option(help="Per-epoch metric ASHA and the ranking use.")] = metrics.VAL_ACCURACY,
     mode: Annotated[str, typer.Option(help="max or min: whether a higher metric is better.")] = "max",
-    workers_per_trial: Annotated[int, typer.Option(help="Ray Train workers of each trial.")] = 1,
+    workers_per_trial: Annotated[
+        str, typer.Option(help="Ray Train workers of each trial: N, or MIN-MAX for elastic trials (e.g. 1-2).")
+    ] = "1",
     cpus_per_trial: Annotated[
         float | None, typer.Option(help="CPUs of each trial, split over its workers [default: 1 per worker].")
     ] = None,
@@ -66,8 +68,11 @@ def tune(
           --search 'dropout_probability=uniform(0.1,0.8)' --search 'lr=loguniform(1e-5,1e-3)'
       mltrain compare --runs <run id>,<run id>                    # then: mltrain registry promote
     """
+    from mltrain.config import parse_workers
     from mltrain.launch.tune import SearchSettings
     from mltrain.launch.tune import tune as run_search
+
+    workers = parse_workers(workers_per_trial)
 
     result = run_search(
         search=search or (),
@@ -83,7 +88,8 @@ def tune(
             reduction_factor=reduction_factor,
             metric=metric,
             mode=mode,
-            workers_per_trial=workers_per_trial,
+            workers_per_trial=int(workers["workers"] or 1),
+            min_workers_per_trial=workers["min_workers"],
             cpus_per_trial=cpus_per_trial,
             gpus_per_trial=gpus_per_trial,
             max_concurrent=max_concurrent,

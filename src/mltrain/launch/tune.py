@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import re
 import threading
@@ -46,6 +47,8 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from mltrain import env, metrics
 from mltrain.config import TrainConfig
 from mltrain.errors import ConfigError, DataError, TrainingInterrupted
+
+log = logging.getLogger(__name__)
 
 TRIAL_TAG = "mltrain.tune.trial_id"
 """Child-run tag: the Tune trial the run belongs to."""
@@ -73,6 +76,8 @@ _NOT_SEARCHABLE = {
     "total_epochs": "it is --max-epochs, ASHA's max_t",
     "engine": "every trial runs on Ray Train (engine=ray)",
     "workers": "use --workers-per-trial",
+    "min_workers": "use --workers-per-trial MIN-MAX",
+    "resize_interval": "it is how often an elastic trial checks for resources, not a hyperparameter",
     "cpus_per_worker": "use --cpus-per-trial",
     "gpus_per_worker": "use --gpus-per-trial",
     "storage": "it is where the trials' checkpoints are kept, not a hyperparameter",
@@ -199,7 +204,9 @@ def _scalar(text: str, expression: str) -> Any:
 class SearchSettings:
     """How the search runs: samples, ASHA, the metric, each trial's resources, concurrency.
 
-    ``cpus_per_trial`` / ``gpus_per_trial`` are a trial's total, split evenly over its workers. None means:
+    ``workers_per_trial`` with ``min_workers_per_trial`` below it makes each trial elastic (``--workers-per-trial
+    MIN-MAX``); concurrency is sized for the most workers. ``cpus_per_trial`` / ``gpus_per_trial`` are a trial's
+    total, split evenly over its (most) workers. None means:
     the config's ``cpus_per_worker`` per worker; half a GPU per worker when the cluster has GPUs (and the
     config does not ask for the CPU). ``max_concurrent`` None: as many trials as the cluster can place at once.
     """
@@ -212,6 +219,7 @@ class SearchSettings:
     metric: str = metrics.VAL_ACCURACY
     mode: str = "max"
     workers_per_trial: int = 1
+    min_workers_per_trial: int | None = None
     cpus_per_trial: float | None = None
     gpus_per_trial: float | None = None
     max_concurrent: int | None = None
@@ -231,8 +239,10 @@ class SearchSettings:
             problems.append(f"--metric must be one of {', '.join(metrics.EPOCH_METRICS)}, found {self.metric!r}")
         if self.mode not in ("max", "min"):
             problems.append(f"--mode must be max or min, found {self.mode!r}")
-        if self.workers_per_trial < 1:
-            problems.append(f"--workers-per-trial must be >= 1, found {self.workers_per_trial}")
+        low = self.min_workers_per_trial
+        if self.workers_per_trial < 1 or (low is not None and not 1 <= low <= self.workers_per_trial):
+            shown = f"{low}-{self.workers_per_trial}" if low is not None else self.workers_per_trial
+            problems.append(f"--workers-per-trial must be N >= 1 or MIN-MAX with 1 <= MIN <= MAX, found {shown}")
         if self.cpus_per_trial is not None and not self.cpus_per_trial > 0:
             problems.append(f"--cpus-per-trial must be > 0, found {self.cpus_per_trial}")
         if self.gpus_per_trial is not None and not self.gpus_per_trial >= 0:
@@ -409,6 +419,7 @@ def _plan(
         engine="ray",
         total_epochs=chosen.max_epochs,
         workers=workers,
+        min_workers=chosen.min_workers_per_trial,
         cpus_per_worker=cpus,
         gpus_per_worker=gpus,
         output_dir=str(Path(fixed.output_dir).expanduser().resolve()),
@@ -499,11 +510,11 @@ def _run_search(
         recorder, interrupt = _TrialRecorder(plan.search, int(plan.base.total_epochs)), _Interrupt()
         try:
             _fit_interruptibly(_tuner(plan, job, recorder, interrupt), interrupt)
-        except BaseException as exc:
+            trials = _reconcile(client, tracker, plan, recorder)
+        except BaseException as exc:  # whatever ends the search early, no trial's run is left RUNNING
             interrupted = isinstance(exc, KeyboardInterrupt | TrainingInterrupted)
             _end_open_children(client, tracker, "KILLED" if interrupted else "FAILED")
             raise
-        trials = _reconcile(client, tracker, plan, recorder)
         result = _summarize(plan, tracker, trials, experiment, started)
         _log_outcome(tracker, plan, result)
     result.tracking_uri = mlflow.get_tracking_uri()
@@ -525,7 +536,7 @@ def _log_search(tracker: Any, plan: _Plan) -> None:
             "tune.reduction_factor": settings.reduction_factor,
             "tune.metric": settings.metric,
             "tune.mode": settings.mode,
-            "tune.workers_per_trial": settings.workers_per_trial,
+            "tune.workers_per_trial": plan.base.workers_text(),
             "tune.cpus_per_trial": settings.cpus_per_trial,
             "tune.gpus_per_trial": settings.gpus_per_trial,
             "tune.max_concurrent": settings.max_concurrent,
@@ -705,7 +716,8 @@ class _TrialRecorder(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._record(trial)
-        record.error = f"trial {trial.trial_id} errored; Tune's error file: {trial.error_file or '?'}"
+        error = str(trial.get_error() or "").strip()  # the trace's text: its last line names the exception
+        record.error = error.splitlines()[-1] if error else f"see {trial.error_file}"
         print(f"trial {record.name} failed (see {trial.error_file or 'the log above'})", flush=True)
 
 
@@ -758,8 +770,12 @@ def _close_stopped(client: Any, child: Any, record: _TrialRecord, plan: _Plan) -
     # The trial's latest registered checkpoint: the one ASHA judged, or a later one if the trial's workers
     # finished another epoch before they were ended; else the one reported to Tune.
     name = child.data.tags.get(RUN_NAME_TAG)
-    if not (name and _bring_back(f"{storage_path}/{name}", filesystem, folder)) and record.last.get("checkpoint_path"):
-        Checkpoint(record.last["checkpoint_path"], filesystem=filesystem).to_directory(str(folder))
+    reported = record.last.get("checkpoint_path")
+    try:
+        if not (name and _bring_back(f"{storage_path}/{name}", filesystem, folder)) and reported:
+            Checkpoint(reported, filesystem=filesystem).to_directory(str(folder))
+    except Exception as exc:  # the run keeps its metrics; only the model is missing
+        log.warning("could not fetch the checkpoint of stopped trial %s (run %s): %s", record.name, run_id, exc)
     if "mltrain.error" in child.data.tags:  # what the trial's process said while Tune ended it
         client.delete_tag(run_id, "mltrain.error")
     # Re-opened here (nested under the search's run, which is active in this process) and ended FINISHED.
