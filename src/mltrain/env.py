@@ -16,6 +16,8 @@ CLUSTER_DIR_VAR = "MLTRAIN_CLUSTER_DIR"
 RAY_AUTH_MODE_VAR = "RAY_AUTH_MODE"
 RAY_AUTH_TOKEN_VAR = "RAY_AUTH_TOKEN"
 RAY_AUTH_TOKEN_PATH_VAR = "RAY_AUTH_TOKEN_PATH"
+RAY_API_SERVER_VAR = "RAY_API_SERVER_ADDRESS"
+"""Ray's: the dashboard (state API) that Ray's processes query; set for an embedded Ray's own processes."""
 RAY_DEFAULT_TOKEN_PATH = Path("~/.ray/auth_token")
 # What a job submitted with `mltrain submit` inherits from the submitting shell: where the data is and
 # where (and as whom) to track. MLflow reads the credentials itself.

@@ -105,6 +105,8 @@ def train(
     resume: str | os.PathLike[str] | None = None,
     address: str | None = None,
     progress: bool = True,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Train a Food-11 classifier and track it in MLflow.
 
@@ -126,6 +128,8 @@ def train(
         address: engine=ray: the Ray cluster to join; default ``RAY_ADDRESS``, else the cluster of
             ``mltrain cluster up``, else a Ray instance embedded in this process.
         progress: Show progress bars.
+        parent_run_id: Nest a new run under this run (e.g. a Tune trial's under its search's run).
+        tags: Extra tags for a new run (e.g. the Tune trial it belongs to).
     """
     from mltrain.engines.common import is_rank_zero
 
@@ -134,7 +138,8 @@ def train(
     # Lightning's DDP launcher re-runs this call for ranks 1..N-1 with its rank variables set: read them
     # once, here; below, the rank travels explicitly (the tracker is enabled on rank 0 only).
     with _launcher(plan.config, address):
-        return _run(plan, experiment, tracking_uri, run_name, progress, is_rank_zero(), started)
+        run = _RunSpec(experiment, tracking_uri, run_name, parent_run_id, dict(tags or {}))
+        return _run(plan, run, progress, is_rank_zero(), started)
 
 
 def _launcher(config: TrainConfig, address: str | None) -> contextlib.AbstractContextManager:
@@ -191,15 +196,18 @@ def _check_something_to_do(state: Any, config: TrainConfig) -> None:
         )
 
 
-def _run(
-    plan: _Plan,
-    experiment: str,
-    tracking_uri: str | None,
-    run_name: str | None,
-    progress: bool,
-    rank_zero: bool,
-    started: float,
-) -> TrainResult:
+@dataclass
+class _RunSpec:
+    """Where and how the training's MLflow run is created."""
+
+    experiment: str
+    tracking_uri: str | None
+    run_name: str | None
+    parent_run_id: str | None
+    tags: dict[str, str]
+
+
+def _run(plan: _Plan, spec: _RunSpec, progress: bool, rank_zero: bool, started: float) -> TrainResult:
     import mlflow
 
     from mltrain.data.module import Food11Data
@@ -214,14 +222,15 @@ def _run(
     if config.engine != "ray" or data.root.is_dir():
         data.setup()
     tracker = RunTracker(
-        experiment=experiment,
-        tracking_uri=tracking_uri,
+        experiment=spec.experiment,
+        tracking_uri=spec.tracking_uri,
         run_id=checkpoint["state"].run_id if checkpoint else None,
-        run_name=run_name,
+        run_name=spec.run_name,
         enabled=rank_zero,
         # A Ray training's machine is its rank-0 worker's node: that worker samples it into the run.
         system_metrics=config.engine != "ray",
-        tags=_run_tags(config) if checkpoint is None else None,
+        tags={**_run_tags(config), **spec.tags} if checkpoint is None else None,
+        parent_run_id=spec.parent_run_id,
     )
     with _sigterm_as_exception(), tracker, _resume_hint_on_interrupt(tracker, checkpoint, config):
         folder = checkpoint["folder"] if checkpoint else Path(config.output_dir) / str(tracker.run_id)
@@ -244,7 +253,7 @@ def _run(
             model_uri = finalize_run(tracker, folder, quiet=sys.exc_info()[0] is not None)
     return TrainResult(
         run_id=tracker.run_id,
-        experiment=experiment,
+        experiment=spec.experiment,
         tracking_uri=mlflow.get_tracking_uri(),
         test_accuracy=result.test_accuracy,
         test_loss=result.test_loss,

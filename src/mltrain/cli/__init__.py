@@ -11,7 +11,7 @@ import sys
 import click
 import typer
 
-from mltrain.cli import cluster_commands, commands, registry_commands, stack_commands
+from mltrain.cli import cluster_commands, commands, registry_commands, stack_commands, tune_commands
 from mltrain.errors import MltrainError, TrainingFailed, TrainingInterrupted
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app = typer.Typer(
 # The one subcommand table: (group or None, name, function). Each function's docstring is its help.
 SUBCOMMANDS: list[tuple[str | None, str, object]] = [
     (None, "train", commands.train),
+    (None, "tune", tune_commands.tune),
     ("data", "prepare", commands.data_prepare),
     ("data", "synth", commands.data_synth),
     (None, "ui", commands.ui),

@@ -23,6 +23,7 @@ Who does what:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import shutil
@@ -59,11 +60,26 @@ _ATTEMPTS_TAG = "mltrain.ray.attempts"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _KEEP_CHECKPOINTS = 3
 _EMBEDDED_OBJECT_STORE = 150 * 2**20  # small: this machine's memory is for the workers (see README)
+_EXTRA_CALLBACKS: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar("mltrain_ray_callbacks", default=())
+
+
+@contextlib.contextmanager
+def run_config_callbacks(*callbacks: Any) -> Iterator[None]:
+    """Add Ray Train ``RunConfig`` callbacks to the trainings :func:`fit` starts in this block (this thread).
+
+    ``mltrain tune`` runs each trial through ``train(engine=ray)`` inside this block with Tune's report
+    callback, so that Tune's scheduler sees every epoch the trial's workers report.
+    """
+    token = _EXTRA_CALLBACKS.set((*_EXTRA_CALLBACKS.get(), *callbacks))
+    try:
+        yield
+    finally:
+        _EXTRA_CALLBACKS.reset(token)
 
 
 # --- the Ray session -------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def ray_session(config: TrainConfig, address: str | None = None) -> Iterator[str | None]:
+def ray_session(config: TrainConfig, address: str | None = None, dashboard: bool = False) -> Iterator[str | None]:
     """Ray for this training: the process's own if running inside Ray, a cluster's, or an embedded one.
 
     The cluster is ``address``, else ``RAY_ADDRESS``, else the one ``mltrain cluster up`` recorded; with none,
@@ -71,6 +87,10 @@ def ray_session(config: TrainConfig, address: str | None = None) -> Iterator[str
     whatever cluster /tmp/ray names, even a dead one). Before yielding, the request is compared with every
     node: a worker that no node could ever hold is a ConfigError (exit 2) before any MLflow run exists.
     Yields the address joined (None for the embedded instance).
+
+    ``dashboard``: the embedded instance also runs Ray's dashboard (on a free loopback port). Its state API is
+    how Ray Train frees the resources of a worker group whose controller was killed — as Tune does to every
+    trial it stops early (``mltrain tune``); without it they stay reserved until Ray stops.
     """
     from mltrain.cluster import client_auth, resolve_address, resolve_cluster
 
@@ -87,7 +107,7 @@ def ray_session(config: TrainConfig, address: str | None = None) -> Iterator[str
                 address="local",
                 num_cpus=max(os.cpu_count() or 1, int(-(-needed // 1))),
                 object_store_memory=_EMBEDDED_OBJECT_STORE,
-                include_dashboard=False,
+                **_embedded_dashboard(dashboard),
                 _node_ip_address="127.0.0.1",
                 logging_level="WARNING",
             )
@@ -104,6 +124,25 @@ def ray_session(config: TrainConfig, address: str | None = None) -> Iterator[str
             yield target
         finally:
             ray.shutdown()
+
+
+def _embedded_dashboard(wanted: bool) -> dict[str, Any]:
+    """``ray.init`` options for the embedded instance's dashboard: none, or one on a free loopback port.
+
+    The job's processes are told its address: Ray's state API (which Ray Train's placement-group cleaner
+    calls) otherwise guesses the cluster, and fails when this host runs more than one Ray instance.
+    """
+    from mltrain.cluster.ports import free_port
+
+    if not wanted:
+        return {"include_dashboard": False}
+    port = free_port()
+    return {
+        "include_dashboard": True,
+        "dashboard_host": "127.0.0.1",
+        "dashboard_port": port,
+        "runtime_env": {"env_vars": {env.RAY_API_SERVER_VAR: f"http://127.0.0.1:{port}"}},
+    }
 
 
 def _check_fits(config: TrainConfig) -> None:
@@ -214,6 +253,7 @@ def fit(
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=_KEEP_CHECKPOINTS),
             logging_config=LoggingConfig(log_level="WARNING"),  # not a line per report and checkpoint
+            callbacks=list(_EXTRA_CALLBACKS.get()) or None,
         ),
         # gloo unless the workers really train on GPUs: logical GPUs (tests, CPU-only clusters) have no NCCL.
         torch_config=TorchConfig(backend="nccl" if use_gpu and config.accelerator != "cpu" else "gloo"),

@@ -43,6 +43,9 @@ class RunTracker:
         tags: Extra tags for the run.
         owner: True for the process that starts and ends the run; False for a worker that attaches to an
             existing run (``run_id``) to log into it, leaving its status alone.
+        parent_run_id: Nest a new run under this run (``mlflow.parentRunId``), which may belong to another
+            process — e.g. a Tune trial's run under its search's run. A run active in this process, if any,
+            is the parent instead.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class RunTracker:
         system_metrics: bool = True,
         tags: Mapping[str, str] | None = None,
         owner: bool = True,
+        parent_run_id: str | None = None,
     ) -> None:
         if not owner and run_id is None:
             raise ValueError("a tracker that does not own its run needs the run_id to attach to")
@@ -66,7 +70,7 @@ class RunTracker:
         self.enabled = enabled
         self.system_metrics = system_metrics
         self.tags = dict(tags or {})
-        self.parent_run_id: str | None = None
+        self.parent_run_id = parent_run_id
         self.owner = owner
         self.blocked_seconds = 0.0
         """Seconds the caller spent inside logging calls (the time tracking held the training loop up)."""
@@ -108,6 +112,7 @@ class RunTracker:
                 experiment_id=experiment_id,
                 run_name=self.run_name if self.run_id is None else None,
                 nested=active is not None,
+                parent_run_id=self.parent_run_id if self.run_id is None else None,
                 log_system_metrics=self.system_metrics,
                 tags=self.tags or None,
             )
