@@ -9,6 +9,10 @@ STAMP  := $(VENV)/.installed
 # pip takes these two from the machine's local wheel store when they are there (uv/poetry would not).
 TORCH  := torch==2.14.1 torchvision==0.29.1
 DEMO_DATA ?= data/demo
+# The demo's data set and extra training settings (tests/integration/test_readme.py shrinks them).
+DEMO_SYNTH ?= --per-class 40 --image-size 320x240
+DEMO_SET ?=
+BENCH_ARGS ?=
 
 .PHONY: install demo test test-fast bench lint format system-deps clean
 
@@ -22,8 +26,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv with mltrain and its test tools
 
 demo: install  ## synthesise a small dataset and train a short run on the embedded MLflow store
-	$(BIN)/mltrain data synth --dest $(DEMO_DATA) --per-class 40 --image-size 320x240
-	$(BIN)/mltrain train --data $(DEMO_DATA) --config src/mltrain/configs/demo.yaml
+	$(BIN)/mltrain data synth --dest $(DEMO_DATA) $(DEMO_SYNTH)
+	$(BIN)/mltrain train --data $(DEMO_DATA) --config src/mltrain/configs/demo.yaml $(DEMO_SET)
 
 test: install system-deps  ## lint, then every test this machine can run (unit + integration)
 	$(BIN)/ruff check src tests
@@ -34,7 +38,7 @@ test-fast: install  ## unit tests only
 	$(BIN)/pytest tests/unit
 
 bench: install  ## naive loop vs mltrain's data path on 440 synthetic 512x384 JPEGs (see docs/PERFORMANCE.md)
-	$(BIN)/mltrain bench --json bench-cpu.json
+	$(BIN)/mltrain bench --json bench-cpu.json $(BENCH_ARGS)
 
 system-deps:  ## Debian packages the integration tests need (PostgreSQL server binaries)
 	@scripts/system-deps.sh
@@ -44,4 +48,4 @@ format: install
 	$(BIN)/ruff check --fix src tests
 
 clean:
-	rm -rf $(VENV) data/demo outputs mlflow.db mlruns mlartifacts .pytest_cache
+	rm -rf $(VENV) data/demo outputs mlflow.db mlruns mlartifacts .pytest_cache compare models

@@ -145,7 +145,9 @@ def _plot(views: list[_RunView], path: Path) -> None:
     for ax, (key, title) in zip(top, EPOCH_PANELS, strict=True):
         for view, color in zip(views, colors, strict=True):
             points = view.history.get(key, [])
-            ax.plot([p.step for p in points], [p.value for p in points], marker="o", color=color, label=view.label)
+            # Steps count epochs from 0; the console and people count from 1.
+            steps = [p.step + 1 for p in points]
+            ax.plot(steps, [p.value for p in points], marker="o", color=color, label=view.label)
         _decorate(ax, title, "epoch", has_data=any(view.history.get(key) for view in views))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax, (pattern, title) in zip(bottom, SYSTEM_PANELS, strict=True):
@@ -187,8 +189,18 @@ def _decorate(ax: Axes, title: str, xlabel: str, has_data: bool) -> None:
 def _markdown(views: list[_RunView], experiment: str | None) -> str:
     source = f" of experiment `{experiment}`" if experiment else ""
     lines = [f"# Comparison of {len(views)} run(s){source}", "", f"![curves]({PNG_NAME})", "", "## Final metrics", ""]
-    header = ["run", "run id", "status", "test_accuracy", "test_loss", "best val_accuracy", "epochs", "epoch_time (s)"]
+    header = [
+        "run",
+        "run id",
+        "status",
+        "test_accuracy",
+        "test_loss",
+        "best val_accuracy",
+        "epochs",
+        "mean epoch_time (s)",
+    ]
     lines += _table(header, [_final_row(view) for view in views])
+    lines += _class_accuracy(views)
     differing, equal = _param_differences([view.run for view in views])
     lines += ["", "## Parameters that differ", ""]
     if differing:
@@ -213,8 +225,22 @@ def _final_row(view: _RunView) -> list[str]:
         _number(run.data.metrics.get(metrics.TEST_LOSS)),
         _number(max(val_accuracy) if val_accuracy else None),
         str(epochs),
-        _number(sum(epoch_times) if epoch_times else None, digits=1),
+        _number(sum(epoch_times) / len(epoch_times) if epoch_times else None, digits=1),
     ]
+
+
+def _class_accuracy(views: list[_RunView]) -> list[str]:
+    """Per-class test accuracy side by side (``test_class_accuracy/<class>``); nothing when no run has it."""
+    from mltrain.data.layout import CLASS_NAMES
+
+    if not any(key.startswith(metrics.TEST_CLASS_ACCURACY_PREFIX) for view in views for key in view.run.data.metrics):
+        return []
+    rows = [
+        [name, *(_number(view.run.data.metrics.get(metrics.class_accuracy_key(name)), digits=2) for view in views)]
+        for name in CLASS_NAMES
+    ]
+    lines = ["", "## Test accuracy per class", ""]
+    return lines + _table(["class", *(view.label for view in views)], rows)
 
 
 def _param_differences(runs: list[Run]) -> tuple[dict[str, list[str]], int]:

@@ -74,6 +74,14 @@ def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     return base / "mltrain"
 
 
+def state_dir() -> Path:
+    """Where mltrain keeps what it knows about things it started (``$XDG_STATE_HOME/mltrain``,
+    ``~/.local/state/mltrain``), e.g. the running ``mltrain ui``."""
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "mltrain"
+
+
 def cluster_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """Where ``mltrain cluster up`` keeps its state file and token: the argument, ``MLTRAIN_CLUSTER_DIR``,
     else ``$XDG_STATE_HOME/mltrain/cluster`` (``~/.local/state/mltrain/cluster``)."""

@@ -16,6 +16,9 @@ TRACKING_BLOCKED = "tracking_blocked_seconds"
 """Seconds the training loop spent in MLflow calls since the previous epoch (logging is queued: near 0)."""
 TEST_LOSS = "test_loss"
 TEST_ACCURACY = "test_accuracy"
+TEST_CLASS_ACCURACY_PREFIX = "test_class_accuracy/"
+"""Per class, after the test evaluation: the share of the class's test images predicted right (its recall), as
+``test_class_accuracy/<class>`` (see :func:`class_accuracy_key`)."""
 SKIPPED_IMAGES = "skipped_images"
 """Files in the data folder that were not readable images (logged once, at step 0)."""
 
@@ -38,3 +41,14 @@ EXPERIMENT = "food11-classifier"
 """Default MLflow experiment."""
 GPU_INFO_ARTIFACT = "gpu-info.txt"
 CONFIG_ARTIFACT = "config.yaml"
+CONFUSION_MATRIX_PNG = "confusion_matrix.png"
+CONFUSION_MATRIX_JSON = "confusion_matrix.json"
+PER_CLASS_TABLE = "per_class.json"
+"""Per class: test images, correct predictions, precision, recall (= the class's accuracy), F1 (an MLflow table)."""
+DATA_WAIT_ADVICE_TAG = "mltrain.advice.data_wait"
+"""Run tag, set once per run: the advice printed when an epoch spent too much of its time waiting for data."""
+
+
+def class_accuracy_key(class_name: str) -> str:
+    """``test_class_accuracy/Noodles_Pasta`` for "Noodles/Pasta": a metric name with one ``/``, grouped in the UI."""
+    return TEST_CLASS_ACCURACY_PREFIX + "".join(c if c.isalnum() else "_" for c in class_name)

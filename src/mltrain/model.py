@@ -32,6 +32,13 @@ def build_model(config: TrainConfig, num_classes: int = NUM_CLASSES) -> nn.Modul
     return model
 
 
+def check_pretrained_weights(config: TrainConfig) -> None:
+    """ConfigError now, not after a run has started, when ``pretrained=true`` and the ImageNet weights are not
+    available (not in torch's cache and no network). Downloads them into the cache when they can be."""
+    if config.pretrained:
+        _imagenet_state_dict()
+
+
 def _imagenet_state_dict() -> dict[str, torch.Tensor]:
     try:
         return WEIGHTS.get_state_dict(progress=True, check_hash=False)

@@ -171,7 +171,9 @@ def promote(
     return outcome
 
 
-def pull(model: str = MODEL_NAME, dest: str | Path = ".", alias: str | None = None, version: int | None = None) -> Path:
+def pull(
+    model: str = MODEL_NAME, dest: str | Path = "models", alias: str | None = None, version: int | None = None
+) -> Path:
     """Download one version of ``model`` into ``dest/<model>-v<version>``; returns that folder (absolute).
 
     The folder is an MLflow model: ``mlflow.pytorch.load_model(path)`` loads it.

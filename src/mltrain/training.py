@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,32 +41,44 @@ class TrainResult:
     test_accuracy: float
     test_loss: float
     best_val_loss: float
+    """The lowest validation loss of the fine-tuning phase (the epoch whose weights were kept and tested)."""
     epochs_run: int
     stopped_early: bool
     model_uri: str | None
     checkpoint: Path
     skipped_images: int
     wall_seconds: float
+    class_accuracy: dict[str, float] = field(default_factory=dict)
+    """Test accuracy of each class (its recall); NaN for a class without test images."""
+    run_url: str | None = None
+    """The run in the web app's model-training view, when the store has one reachable now (a tracking server,
+    or a running ``mltrain ui``)."""
 
     def summary(self) -> str:
-        """A few lines for people: run, accuracy, model location, how to look at it."""
+        """A few lines for people: run, accuracy, weakest classes, model location, how to look at it."""
         if self.run_id is None:  # a DDP worker (rank > 0); rank 0 prints the run
             return "worker process finished; rank 0 logged the run"
-        ui = (
-            "mltrain ui"
-            if self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri
-            else None
-        )
         lines = [
             f"run {self.run_id} in experiment '{self.experiment}' FINISHED after {self.epochs_run} epoch(s)"
             f"{' (early stop)' if self.stopped_early else ''} in {self.wall_seconds:.0f}s",
             f"test_accuracy {self.test_accuracy:.4f}  test_loss {self.test_loss:.4f}  "
-            f"best val_loss {self.best_val_loss:.4f}  skipped images {self.skipped_images}",
+            f"best fine-tune val_loss {self.best_val_loss:.4f}  skipped images {self.skipped_images}",
+        ]
+        weakest = sorted((value, name) for name, value in self.class_accuracy.items() if not math.isnan(value))[:3]
+        if weakest:
+            listed = ", ".join(f"{name} {value:.2f}" for value, name in weakest)
+            lines.append(f"weakest classes: {listed} (per class: per_class.json, confusion_matrix.png)")
+        lines += [
             f"model:      {self.model_uri}",
             f"checkpoint: {self.checkpoint}",
             f"tracking:   {self.tracking_uri}",
-            f"open the UI: {ui}" if ui else f"open the UI: {self.tracking_uri}",
         ]
+        if self.run_url:
+            lines.append(f"the run:    {self.run_url}")
+        elif self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri:
+            lines.append("open the UI: mltrain ui")
+        else:
+            lines.append(f"open the UI: {self.tracking_uri}")
         return "\n".join(lines)
 
 
@@ -162,7 +175,6 @@ def _plan(
 ) -> _Plan:
     """Resolve the config, the checkpoint and the data folder; raise before anything is changed."""
     from mltrain.engines.checkpoint import find_checkpoint, load_checkpoint
-    from mltrain.engines.common import select_device
 
     if resume is None:
         plan = _Plan(TrainConfig.build(config_file, overrides, base=config), {}, None, env.data_dir(data_dir))
@@ -176,8 +188,41 @@ def _plan(
         if data_dir is None and saved_data is not None and saved_data.is_dir():
             data_dir = saved_data
         plan = _Plan(resolved, changes, checkpoint, env.data_dir(data_dir))
-    select_device(plan.config)  # a missing accelerator is a usage error, found before the run exists
+    _check_before_run(plan)
     return plan
+
+
+def _check_before_run(plan: _Plan) -> None:
+    """Usage mistakes found now leave no MLflow run and no ``outputs/<run_id>/`` behind (data: see ``_run``)."""
+    from mltrain.engines.common import check_devices
+    from mltrain.model import check_pretrained_weights
+
+    config = plan.config
+    if config.engine != "ray":
+        check_devices(config)
+    elif config.accelerator in ("gpu", "cuda") and not config.gpus_per_worker:
+        # engine=ray trains where its workers run (the cluster's resources are checked when joining it); a worker
+        # sees a GPU only when it reserves one.
+        raise ConfigError(
+            f"accelerator={config.accelerator} with engine=ray needs GPUs per worker, e.g. --gpus-per-worker 1"
+        )
+    check_pretrained_weights(config)
+    _check_writable(Path(config.output_dir), "output_dir")
+    if plan.checkpoint is not None and config.engine in ("lightning", "ray"):
+        from mltrain.engines.lightning.callbacks import LAST_CHECKPOINT
+
+        last = plan.checkpoint["folder"] / LAST_CHECKPOINT
+        if not last.is_file():
+            raise ConfigError(
+                f"cannot resume with engine={config.engine}: {last} does not exist (the Lightning engine continues "
+                "from it; a checkpoint of the torch engine resumes with engine=torch)"
+            )
+
+
+def _check_writable(folder: Path, key: str) -> None:
+    existing = next((parent for parent in (folder, *folder.absolute().parents) if parent.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={folder}: cannot create folders there ({existing} is not a writable folder)")
 
 
 def _check_something_to_do(state: Any, config: TrainConfig) -> None:
@@ -212,7 +257,9 @@ def _run(plan: _Plan, spec: _RunSpec, progress: bool, rank_zero: bool, started: 
 
     from mltrain.data.module import Food11Data
     from mltrain.engines import get_fit
-    from mltrain.tracking import RunTracker, gpu_info_text
+    from mltrain.evaluation import record_class_report
+    from mltrain.tracking import RunTracker
+    from mltrain.tracking.webui import run_url
 
     config, checkpoint = plan.config, plan.checkpoint
     fit = get_fit(config.engine)
@@ -234,27 +281,20 @@ def _run(plan: _Plan, spec: _RunSpec, progress: bool, rank_zero: bool, started: 
     )
     with _sigterm_as_exception(), tracker, _resume_hint_on_interrupt(tracker, checkpoint, config):
         folder = checkpoint["folder"] if checkpoint else Path(config.output_dir) / str(tracker.run_id)
-        if checkpoint is None:
-            if tracker.enabled:
-                tracker.log_params(config.to_params())
-                if config.engine != "ray":  # a Ray training records its rank-0 worker's node instead
-                    tracker.log_text(gpu_info_text(), metrics.GPU_INFO_ARTIFACT)
-                tracker.log_artifact(config.save_yaml(folder / metrics.CONFIG_ARTIFACT))
-                if data.splits:
-                    tracker.log_metrics({metrics.SKIPPED_IMAGES: data.skipped_images}, step=0)
-        else:
-            _record_resume(tracker, plan.changes)
-            if tracker.enabled:
-                config.save_yaml(folder / metrics.CONFIG_ARTIFACT)
+        _record_start(tracker, plan, data, folder)
+        class_report = None
         try:
             result = fit(config, data, tracker, folder, resume=checkpoint, progress=progress)
+            if result.confusion is not None and tracker.enabled:
+                class_report = record_class_report(tracker, result.confusion, step=max(result.epochs_run - 1, 0))
         finally:
             # However the training ends, the run gets its best model and every epoch before it is closed.
             model_uri = finalize_run(tracker, folder, quiet=sys.exc_info()[0] is not None)
+    uri = mlflow.get_tracking_uri()
     return TrainResult(
         run_id=tracker.run_id,
         experiment=spec.experiment,
-        tracking_uri=mlflow.get_tracking_uri(),
+        tracking_uri=uri,
         test_accuracy=result.test_accuracy,
         test_loss=result.test_loss,
         best_val_loss=result.best_val_loss,
@@ -264,7 +304,45 @@ def _run(plan: _Plan, spec: _RunSpec, progress: bool, rank_zero: bool, started: 
         checkpoint=result.checkpoint,
         skipped_images=data.skipped_images,
         wall_seconds=time.perf_counter() - started,
+        class_accuracy=dict(zip(class_report.class_names, class_report.recall.tolist(), strict=True))
+        if class_report is not None
+        else {},
+        run_url=run_url(uri, tracker.experiment_id, tracker.run_id) if tracker.run_id else None,
     )
+
+
+def _record_start(tracker: Any, plan: _Plan, data: Any, folder: Path) -> None:
+    """What a run records before training: params, host, config (a new run) or what a resume changed; the data."""
+    from mltrain.tracking import gpu_info_text
+
+    config = plan.config
+    if plan.checkpoint is None:
+        if tracker.enabled:
+            tracker.log_params(config.to_params())
+            if config.engine != "ray":  # a Ray training records its rank-0 worker's node instead
+                tracker.log_text(gpu_info_text(), metrics.GPU_INFO_ARTIFACT)
+            tracker.log_artifact(config.save_yaml(folder / metrics.CONFIG_ARTIFACT))
+            if data.splits:
+                tracker.log_metrics({metrics.SKIPPED_IMAGES: data.skipped_images}, step=0)
+    else:
+        _record_resume(tracker, plan.changes)
+        if tracker.enabled:
+            config.save_yaml(folder / metrics.CONFIG_ARTIFACT)
+    if data.splits:  # else (a Ray driver that does not see the data) the rank-0 worker records it
+        record_dataset(tracker, data)
+
+
+def record_dataset(tracker: Any, data: Any) -> None:
+    """Log the data folder as the run's ``mlflow.data`` input (name, fingerprint as digest, counts per class).
+
+    Args:
+        tracker: The run's tracker.
+        data: The :class:`~mltrain.data.module.Food11Data`, after ``setup()``.
+    """
+    if tracker.enabled:
+        from mltrain.tracking.datasets import CONTEXT, food11_dataset
+
+        tracker.log_dataset(food11_dataset(data), CONTEXT)
 
 
 def finalize_run(tracker: Any, folder: Path, quiet: bool = False) -> str | None:

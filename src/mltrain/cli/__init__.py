@@ -72,6 +72,18 @@ def _register() -> None:
         target.command(name=name)(function)
 
 
+@app.callback()
+def _options(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Also show MLflow's, Lightning's and Ray's INFO lines and expected warnings."
+    ),
+) -> None:
+    """Train the Food-11 classifier, track it in MLflow and manage its models."""
+    from mltrain import console
+
+    console.configure(verbose)
+
+
 _register()
 
 
@@ -87,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``mltrain`` console script."""
     try:
         # Without standalone mode Typer returns exit codes (130 for Ctrl+C) instead of exiting.
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=_verbose_first(sys.argv[1:] if argv is None else argv), standalone_mode=False)
     except (MltrainError, TrainingFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -106,3 +118,10 @@ def main(argv: list[str] | None = None) -> None:
         if code == 130:
             print("interrupted", file=sys.stderr)
         sys.exit(code)
+
+
+def _verbose_first(argv: list[str]) -> list[str]:
+    """Accept ``--verbose``/``-v`` after the subcommand too (``mltrain train -v``), not after ``--``."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    head = [arg for arg in argv[:end] if arg not in ("--verbose", "-v")]
+    return (["--verbose"] if len(head) < end else []) + head + argv[end:]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from mltrain import env, metrics
+from mltrain import metrics
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML file of config keys (see `mltrain config show`).")
@@ -162,39 +160,36 @@ def ui(
     tracking_uri: Annotated[
         str | None, typer.Option(help="Store to show [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
     ] = None,
+    experiment: Annotated[str, typer.Option(help="Experiment to open.")] = metrics.EXPERIMENT,
+    open_: Annotated[bool, typer.Option("--open", help="Also open the link in your browser.")] = False,
 ) -> None:
-    """Open the MLflow UI on the same store the runs were tracked in, bound to 127.0.0.1.
+    """Open the MLflow UI on the store the runs were tracked in, on its model-training view.
+
+    For a local store it serves the UI on 127.0.0.1 until Ctrl+C; for a tracking server it prints the link
+    into the server's UI. Trainings that end while it runs print a link to their run.
 
     \b
-    Example:
-      mltrain ui --port 5000     # then browse http://127.0.0.1:5000
+    Examples:
+      mltrain ui                 # then open the link it prints
+      mltrain ui --open --port 5001
     """
-    uri = env.tracking_uri(tracking_uri) or "sqlite:///mlflow.db"
-    if uri.startswith(("http://", "https://", "databricks")):
-        print(f"runs are tracked on a server; its UI is at {uri}")
-        return
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    print(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl+C to stop)", flush=True)
-    raise typer.Exit(subprocess.call(command, env=os.environ.copy()))
+    from mltrain import console
+    from mltrain.tracking.webui import serve
+
+    code = serve(tracking_uri, port=port, experiment=experiment, open_browser=open_, verbose=console.is_verbose())
+    if code:
+        raise typer.Exit(code)
 
 
 def config_show(config: ConfigOption = None, set_: SetOption = None) -> None:
     """Print the resolved configuration (defaults, then --config, then --set) as YAML, with help.
 
+    The output is a config file: save it, edit it, train with --config.
+
     \b
-    Example:
+    Examples:
       mltrain config show --set total_epochs=3
+      mltrain config show > my.yaml && mltrain train --config my.yaml
     """
     import yaml
 
@@ -202,7 +197,7 @@ def config_show(config: ConfigOption = None, set_: SetOption = None) -> None:
 
     resolved = TrainConfig.build(config, _overrides(set_))
     for key, value in resolved.model_dump().items():
-        help_text = TrainConfig.model_fields[key].description or ""
+        help_text = " ".join((TrainConfig.model_fields[key].description or "").split())  # one line: valid YAML
         print(f"{yaml.safe_dump({key: value}).strip():<34} # {help_text}")
 
 

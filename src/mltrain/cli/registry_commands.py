@@ -49,9 +49,11 @@ def registry_pull(
     model: ModelOption = metrics.MODEL_NAME,
     alias: Annotated[str | None, typer.Option("--alias", help="Version this alias points at.")] = None,
     version: Annotated[int | None, typer.Option("--version", help="Version number.")] = None,
-    dest: Annotated[Path, typer.Option("--dest", help="Parent folder; the model goes to DEST/MODEL-vN.")] = Path("."),
+    dest: Annotated[Path, typer.Option("--dest", help="Parent folder; the model goes to DEST/MODEL-vN.")] = Path(
+        "models"
+    ),
 ) -> None:
-    """Download a registered version (default: the highest) as an MLflow model folder and print its path.
+    """Download a registered version (default: the highest) into models/MODEL-vN (an MLflow model) and print its path.
 
     Load it with mlflow.pytorch.load_model(PATH).
 

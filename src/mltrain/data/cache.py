@@ -48,6 +48,8 @@ class DecodedSplit:
     """Indices of the slots that hold an image (bad files leave a slot empty)."""
     skipped: list[str]
     """Files that were not images, with the reason."""
+    files_digest: str = ""
+    """Digest of the split's files (names, labels, sizes, modification times), whatever the image size."""
 
     def __len__(self) -> int:
         return len(self.valid)
@@ -64,12 +66,24 @@ def cache_entry_dir(cache_root: Path, data_root: Path, split: str, size: int) ->
 
 
 def fingerprint(samples: Sequence[Sample], size: int) -> str:
-    """Changes whenever a file is added, removed, renamed, rewritten or relabelled."""
-    digest = hashlib.sha256(f"format={CACHE_FORMAT};size={size}".encode())
+    """Changes whenever a file is added, removed, renamed, rewritten or relabelled (or the cache's size)."""
+    return fingerprints(samples, size)[0]
+
+
+def fingerprints(samples: Sequence[Sample], size: int) -> tuple[str, str]:
+    """(the cache entry's fingerprint, the files' own digest): one pass over the files' metadata.
+
+    The files' digest is the cache fingerprint without the image size and cache format: what a run records
+    as its data's identity (see :attr:`mltrain.data.module.Food11Data.fingerprint`).
+    """
+    cache = hashlib.sha256(f"format={CACHE_FORMAT};size={size}".encode())
+    files = hashlib.sha256()
     for sample in samples:
         stat = sample.path.stat()
-        digest.update(f"{sample.path.name}|{sample.label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+        line = f"{sample.path.name}|{sample.label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode()
+        cache.update(line)
+        files.update(line)
+    return cache.hexdigest(), files.hexdigest()
 
 
 def load_or_build(
@@ -90,11 +104,12 @@ def load_or_build(
         workers: Decoding processes; default: the CPU cores this process may use.
         description: Label of the progress bar.
     """
-    expected = fingerprint(samples, size)
-    cached = _load_valid(entry, expected, size, len(samples))
-    if cached is not None:
-        return cached
-    return _build(samples, size, entry, expected, progress, workers, description)
+    expected, files_digest = fingerprints(samples, size)
+    split = _load_valid(entry, expected, size, len(samples))
+    if split is None:
+        split = _build(samples, size, entry, expected, progress, workers, description)
+    split.files_digest = files_digest
+    return split
 
 
 def _load_valid(entry: Path, expected: str, size: int, count: int) -> DecodedSplit | None:

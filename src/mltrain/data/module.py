@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from mltrain import env
 from mltrain.config import TrainConfig
 from mltrain.data.cache import DecodedSplit, available_cpus, cache_entry_dir, load_or_build
-from mltrain.data.layout import SPLITS, check_layout, list_samples
+from mltrain.data.layout import CLASS_NAMES, SPLITS, check_layout, list_samples
 from mltrain.data.sampling import EpochSampler, SampleKey
 from mltrain.data.transforms import Augment, build_augment
 from mltrain.errors import DataError
@@ -157,6 +158,24 @@ class Food11Data:
     def counts(self) -> dict[str, int]:
         """Usable images per split."""
         return {name: len(split) for name, split in self.splits.items()}
+
+    def class_counts(self) -> dict[str, list[int]]:
+        """Usable images per class (index order of :data:`~mltrain.data.layout.CLASS_NAMES`) for each split."""
+        return {
+            name: np.bincount(split.labels[split.valid], minlength=len(CLASS_NAMES)).tolist()
+            for name, split in self.splits.items()
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the data: changes when a file of any split is added, removed, renamed, rewritten or
+        relabelled (the files' names, labels, sizes and modification times; not the cache's image size)."""
+        if not self.splits:
+            raise RuntimeError("Food11Data.setup() must run before asking for its fingerprint")
+        digest = hashlib.sha256()
+        for name in SPLITS:
+            digest.update(f"{name}:{self.splits[name].files_digest}\n".encode())
+        return digest.hexdigest()
 
     def train_dataloader(self, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> DataLoader:
         """Shuffled, augmented training batches of ``batch_size`` uint8 images: this rank's share.

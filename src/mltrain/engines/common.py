@@ -34,6 +34,9 @@ class FitResult:
     test_accuracy: float
     stopped_early: bool
     checkpoint: Path
+    confusion: list[list[int]] | None = None
+    """The test evaluation's confusion matrix (rows: true class, columns: predicted), every test image counted
+    once over all processes; None where no test pass ran. The run's owner logs it (:mod:`mltrain.evaluation`)."""
 
 
 def phase_of(config: TrainConfig, epoch: int) -> str:
@@ -108,6 +111,17 @@ def select_device(config: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
+def check_devices(config: TrainConfig) -> torch.device:
+    """The device to train on, after checking this machine has the ``devices`` asked for; ConfigError if not."""
+    device = select_device(config)
+    if device.type == "cuda" and config.devices != "auto" and int(config.devices) > torch.cuda.device_count():
+        raise ConfigError(
+            f"devices={config.devices} on accelerator={config.accelerator}, but torch sees "
+            f"{torch.cuda.device_count()} GPU(s) here; lower devices (or use devices=auto for all of them)"
+        )
+    return device
+
+
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for mixed precision, or None for plain fp32."""
     if config.precision == "32":
@@ -141,12 +155,28 @@ class EpochStats:
     seen: int = 0
     wait_seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+    classes: int = 0
+    """Count a confusion matrix over this many classes too (0: don't)."""
+    pairs: torch.Tensor | None = None
+    """Counts of (true, predicted) class pairs, flattened (true * classes + predicted), on the training device."""
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         count = labels.shape[0]
+        predicted = logits.detach().argmax(dim=1)
         self.loss_sum = self.loss_sum + loss.detach().float() * count
-        self.correct = self.correct + (logits.detach().argmax(dim=1) == labels).sum()
+        self.correct = self.correct + (predicted == labels).sum()
         self.seen += count
+        if self.classes:
+            batch = torch.bincount(labels * self.classes + predicted, minlength=self.classes * self.classes)
+            self.pairs = batch if self.pairs is None else self.pairs + batch
+
+    def confusion(self) -> list[list[int]] | None:
+        """The confusion matrix (rows: true class, columns: predicted class), if counted."""
+        if not self.classes:
+            return None
+        if self.pairs is None:
+            return [[0] * self.classes for _ in range(self.classes)]
+        return self.pairs.view(self.classes, self.classes).cpu().tolist()
 
     @property
     def loss(self) -> float:
@@ -198,3 +228,77 @@ def format_epoch(epoch: int, total: int, phase: str, values: dict[str, float]) -
         f"val_loss {values[metrics.VAL_LOSS]:.4f} val_acc {values[metrics.VAL_ACCURACY]:.3f} "
         f"time {values[metrics.EPOCH_TIME]:.1f}s data_wait {values[metrics.DATA_WAIT_FRACTION]:.0%}"
     )
+
+
+DATA_WAIT_THRESHOLD = 0.2
+"""An epoch that waits for data longer than this share of its time gets the advice of :class:`DataWaitAdvice`."""
+DATA_WAIT_MIN_SECONDS = 1.0
+"""... and at least this long: a few-second epoch of a tiny set is all start-up noise."""
+
+
+class DataWaitAdvice:
+    """Says once per run — one console line and the run tag ``mltrain.advice.data_wait`` — when the data path
+    holds the training up: an epoch waited for its batches more than ``threshold`` of its time.
+
+    The first epoch a process trains is not judged: it also starts the loader processes and reads the cache
+    from disk into memory for the first time. Once given (the tag is set), a resumed or restarted training
+    does not repeat it.
+
+    Args:
+        config: The resolved configuration (``num_workers``, ``cache_dir``).
+        tracker: The run (the advice is a tag of it); a disabled tracker makes this a no-op.
+        device: The training device (decides what ``num_workers=auto`` means).
+        threshold: The data_wait_fraction above which to advise.
+    """
+
+    def __init__(
+        self, config: TrainConfig, tracker: object, device: torch.device, threshold: float = DATA_WAIT_THRESHOLD
+    ) -> None:
+        self.config = config
+        self.tracker = tracker
+        self.device = device
+        self.threshold = threshold
+        self.done = not getattr(tracker, "enabled", True)
+        self._first_epoch: int | None = None
+
+    def check(self, epoch: int, values: dict[str, float]) -> str | None:
+        """Look at a finished epoch's metrics; returns the advice when it is given now."""
+        if self.done:
+            return None
+        if self._first_epoch is None:
+            self._first_epoch = epoch
+            return None
+        fraction = values[metrics.DATA_WAIT_FRACTION]
+        waited = fraction * values[metrics.EPOCH_TIME]
+        if fraction <= self.threshold or waited < DATA_WAIT_MIN_SECONDS:
+            return None
+        self.done = True
+        if self.tracker.tag_value(metrics.DATA_WAIT_ADVICE_TAG):  # type: ignore[attr-defined]
+            return None  # given before this resume or restart
+        advice = self.text(epoch, fraction, waited)
+        print(advice, flush=True)
+        self.tracker.set_tags({metrics.DATA_WAIT_ADVICE_TAG: advice})  # type: ignore[attr-defined]
+        return advice
+
+    def text(self, epoch: int, fraction: float, waited: float) -> str:
+        """The advice: what was measured, the settings to change, and the cores there are."""
+        from mltrain import env
+        from mltrain.data.cache import available_cpus
+        from mltrain.data.module import LoaderPlan
+
+        cores = available_cpus()
+        workers = LoaderPlan.for_device(self.config, self.device).workers
+        setting = f"num_workers={self.config.num_workers}"
+        if self.config.num_workers == "auto":
+            setting += f" ({workers})"
+        if workers < cores:
+            more = f"raise num_workers (e.g. --set num_workers={min(cores, max(2, 2 * workers))})"
+        else:
+            more = "num_workers already matches the cores: lighter augmentation or more cores would help"
+        cache = env.cache_dir(self.config.cache_dir)
+        return (
+            f"advice: the training waited for data {fraction:.0%} of epoch {epoch + 1} ({waited:.1f} s): "
+            f"{setting}, {cores} CPU core(s) available to this process. To feed it faster, {more}; if the "
+            f"decoded-image cache ({cache}) is on a slow or network disk, move it to a fast local one "
+            "(--set cache_dir=PATH)."
+        )

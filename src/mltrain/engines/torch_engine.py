@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mltrain import metrics
-from mltrain.config import TrainConfig
+from mltrain.config import NUM_CLASSES, TrainConfig
 from mltrain.data.module import Food11Data
 from mltrain.data.sampling import seed_epoch
 from mltrain.data.transforms import to_model_input
@@ -28,6 +28,7 @@ from mltrain.engines.checkpoint import CHECKPOINT_FILE, TrainState, save_checkpo
 from mltrain.engines.common import (
     FINE_TUNE,
     HEAD,
+    DataWaitAdvice,
     EpochHook,
     EpochStats,
     FitResult,
@@ -104,6 +105,7 @@ class TorchRecipe:
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.phase: str | None = None
+        self.advice = DataWaitAdvice(config, tracker, self.device)
 
     # --- setup -------------------------------------------------------------------------------------------
     def _setup_model(self) -> tuple[nn.Module, nn.Module]:
@@ -188,10 +190,11 @@ class TorchRecipe:
         return stats
 
     @torch.inference_mode()
-    def evaluate(self, loader: torch.utils.data.DataLoader, desc: str) -> EpochStats:
-        """Loss and accuracy of the current weights over ``loader`` (eval mode, no autograd)."""
+    def evaluate(self, loader: torch.utils.data.DataLoader, desc: str, classes: int = 0) -> EpochStats:
+        """Loss and accuracy of the current weights over ``loader`` (eval mode, no autograd); with ``classes``,
+        also the confusion matrix over that many classes."""
         self.model.eval()
-        stats = EpochStats()
+        stats = EpochStats(classes=classes)
         for images, labels in timed_batches(tqdm(loader, desc=desc, leave=False, disable=self._no_bar()), stats):
             inputs = to_model_input(images, self.device, channels_last=self.config.channels_last)
             labels = labels.to(self.device, non_blocking=True)
@@ -211,6 +214,7 @@ class TorchRecipe:
         save_checkpoint(self.checkpoint_path, self.state, self.model, self.optimizer, self.best_weights)
         self.tracker.log_epoch(epoch, values)
         print(format_epoch(epoch, self.config.total_epochs, self.phase or "", values), flush=True)
+        self.advice.check(epoch, values)
         if self.on_epoch_end is not None:
             self.on_epoch_end(epoch, values, self.checkpoint_path)
 
@@ -237,7 +241,7 @@ class TorchRecipe:
             # No fine-tuning epoch ran (total_epochs == initial_epochs): the final weights are the model.
             self.state.best_val_loss = self.evaluate(self.val_loader, "validate").loss
             self.state.best_epoch = self.state.next_epoch - 1
-        test = self.evaluate(self.test_loader, "test")
+        test = self.evaluate(self.test_loader, "test", classes=NUM_CLASSES)
         # At the last epoch's step: a run extended later gets its new test numbers at a new step.
         self.tracker.log_metrics(
             {metrics.TEST_LOSS: test.loss, metrics.TEST_ACCURACY: test.accuracy}, step=max(self.state.next_epoch - 1, 0)
@@ -252,6 +256,7 @@ class TorchRecipe:
             test_accuracy=test.accuracy,
             stopped_early=self.state.stopped_early,
             checkpoint=self.checkpoint_path,
+            confusion=test.confusion(),
         )
 
     def _no_bar(self) -> bool | None:

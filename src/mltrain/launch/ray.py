@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import logging
 import os
 import shutil
@@ -244,6 +245,7 @@ def fit(
             "data_dir": str(data.root.resolve()) if data.root.is_dir() else str(data.root),
             "initial": initial,
             "filesystem": filesystem,
+            "record_dataset": not data.splits,  # the driver did not see the data folder: rank 0 records it
         },
         scaling_config=_scaling(config, use_gpu),
         run_config=RunConfig(
@@ -283,6 +285,7 @@ def fit(
         test_accuracy=float(final.get(metrics.TEST_ACCURACY, float("nan"))),
         stopped_early=bool(final.get("stopped_early", False)),
         checkpoint=folder / "checkpoint.pt",
+        confusion=json.loads(final["confusion"]) if final.get("confusion") else None,
     )
 
 
@@ -487,6 +490,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     try:
         with tracker:
             restart = _record_start(tracker, resume, source, context.get_world_size()) if rank == 0 else None
+            if rank == 0 and restart is None and loop_config.get("record_dataset"):
+                from mltrain.training import record_dataset
+
+                record_dataset(tracker, data)
             recipe = LightningRecipe(
                 config,
                 data,
@@ -510,6 +517,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "best_epoch": result.best_epoch,
                 "best_val_loss": result.best_val_loss,
                 "stopped_early": result.stopped_early,
+                # As text: a report's values are scalars; the matrix is already summed over the workers.
+                "confusion": json.dumps(result.confusion) if result.confusion is not None else "",
             }
             ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(str(local)) if rank == 0 else None)
     finally:

@@ -71,6 +71,8 @@ class RunTracker:
         self.system_metrics = system_metrics
         self.tags = dict(tags or {})
         self.parent_run_id = parent_run_id
+        self.experiment_id: str | None = None
+        """The run's experiment (known once the run is started or attached)."""
         self.owner = owner
         self.blocked_seconds = 0.0
         """Seconds the caller spent inside logging calls (the time tracking held the training loop up)."""
@@ -99,6 +101,7 @@ class RunTracker:
             return self.run_id
         active = mlflow.active_run()
         if active is not None and active.info.run_id == self.run_id:
+            self.experiment_id = active.info.experiment_id
             self._active = True  # someone else opened exactly this run: log into it, leave ending to them
             return self.run_id
         experiment_id = self._experiment_id(mlflow) if self.run_id is None else None
@@ -120,13 +123,14 @@ class RunTracker:
             target = f"run {self.run_id}" if self.run_id else f"a run in experiment {self.experiment!r}"
             raise TrackingError(f"could not start {target} at {mlflow.get_tracking_uri()}: {exc}") from None
         self.run_id = run.info.run_id
+        self.experiment_id = run.info.experiment_id
         self._owns_run = True
         self._active = True
         return self.run_id
 
     def _attach(self) -> None:
         try:
-            self._client.get_run(self.run_id)
+            self.experiment_id = self._client.get_run(self.run_id).info.experiment_id
         except Exception as exc:
             where = self._client.tracking_uri
             raise TrackingError(f"could not attach to run {self.run_id} at {where}: {exc}") from None
@@ -268,6 +272,33 @@ class RunTracker:
             with self._timed():
                 self._client.log_text(self.run_id, text, artifact_file)
 
+    def log_table(self, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
+        """Store a table (column name -> values) as a JSON artifact the MLflow UI shows as a table."""
+        if self._live():
+            with self._timed():
+                self._client.log_table(self.run_id, data=dict(columns), artifact_file=artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """Store a matplotlib figure as an image artifact (e.g. ``confusion_matrix.png``)."""
+        if self._live():
+            with self._timed():
+                self._client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_dataset(self, dataset: Any, context: str) -> None:
+        """Record an ``mlflow.data`` dataset as an input of the run (the UI's Dataset column and lineage).
+
+        Args:
+            dataset: An ``mlflow.data.dataset.Dataset``.
+            context: What the run used it for (the input's ``mlflow.data.context`` tag), e.g. ``training``.
+        """
+        if self._live():
+            from mlflow.entities import DatasetInput, InputTag
+            from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+            entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+            with self._timed():
+                self._client.log_inputs(self.run_id, datasets=[entry])
+
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """Upload a local file as an artifact."""
         if self._live():
@@ -329,13 +360,12 @@ class RunTracker:
         return _Stopwatch(self)
 
     def _experiment_id(self, mlflow: Any) -> str:
+        from mltrain.tracking.experiments import ensure_experiment
+
         try:
-            return mlflow.set_experiment(self.experiment).experiment_id
+            experiment_id = ensure_experiment(self._client, self.experiment)
+            return mlflow.set_experiment(experiment_id=experiment_id).experiment_id
         except mlflow.exceptions.MlflowException as exc:
-            # Several trainings starting at once may all try to create it: one wins, the others find it.
-            existing = self._client.get_experiment_by_name(self.experiment)
-            if existing is not None and existing.lifecycle_stage == "active":
-                return mlflow.set_experiment(experiment_id=existing.experiment_id).experiment_id
             raise TrackingError(
                 f"could not open experiment {self.experiment!r} at {mlflow.get_tracking_uri()}: {exc}"
             ) from None

@@ -32,7 +32,7 @@ from mltrain import metrics
 from mltrain.config import TrainConfig
 from mltrain.data.sampling import seed_epoch
 from mltrain.engines.checkpoint import CHECKPOINT_FILE, TrainState, save_checkpoint
-from mltrain.engines.common import EpochHook, format_epoch, phase_of, weights_copy
+from mltrain.engines.common import DataWaitAdvice, EpochHook, format_epoch, phase_of, weights_copy
 from mltrain.model import count_trainable, set_backbone_trainable
 from mltrain.tracking import RunTracker
 
@@ -251,6 +251,7 @@ class EpochEnd(Checkpoint):
         best: The best-checkpoint callback.
         stopper: The early-stopping callback.
         on_epoch_end: Called on every rank with (epoch, metrics, path of checkpoint.pt).
+        advice: Checks each epoch's data wait on rank 0 (see :class:`~mltrain.engines.common.DataWaitAdvice`).
     """
 
     def __init__(
@@ -263,6 +264,7 @@ class EpochEnd(Checkpoint):
         best: BestCheckpoint,
         stopper: FineTuneEarlyStopping,
         on_epoch_end: EpochHook | None,
+        advice: DataWaitAdvice | None = None,
     ) -> None:
         self.dirpath = dirpath
         self.config = config
@@ -272,6 +274,7 @@ class EpochEnd(Checkpoint):
         self.best = best
         self.stopper = stopper
         self.on_epoch_end = on_epoch_end
+        self.advice = advice
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # DDP workers of a new run do not know its id (nor the folder named after it): rank 0's folder counts.
@@ -290,6 +293,8 @@ class EpochEnd(Checkpoint):
             save_checkpoint(index, self.state, pl_module.model, None, self.best_weights)
             self.tracker.log_epoch(epoch, values)
             print(format_epoch(epoch, self.config.total_epochs, phase_of(self.config, epoch), values), flush=True)
+            if self.advice is not None:
+                self.advice.check(epoch, values)
         if self.on_epoch_end is not None:
             self.on_epoch_end(epoch, values, index)
 

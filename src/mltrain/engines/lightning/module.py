@@ -12,9 +12,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mltrain import metrics
-from mltrain.config import TrainConfig
+from mltrain.config import NUM_CLASSES, TrainConfig
 from mltrain.data.module import Food11Data
 from mltrain.data.transforms import to_model_input
 from mltrain.engines.common import prepare_model
@@ -33,7 +34,8 @@ class Food11Module(pl.LightningModule):
 
     Loss and accuracy are torchmetrics means weighted by batch size: at the end of an epoch they sum the
     totals and counts of every process before dividing, so each sample counts once even when processes
-    hold different numbers of samples (a mean of per-process means would not).
+    hold different numbers of samples (a mean of per-process means would not). The test pass also counts a
+    confusion matrix, summed over processes the same way (:attr:`test_confusion` after ``trainer.test``).
 
     Args:
         config: The resolved configuration.
@@ -47,6 +49,9 @@ class Food11Module(pl.LightningModule):
             self.model.compile()  # in place: checkpoints keep the plain module's parameter names
         self.criterion = nn.CrossEntropyLoss()
         self.epoch_means = nn.ModuleDict({name: MeanMetric() for names in STAGE_METRICS.values() for name in names})
+        self.test_pairs = MulticlassConfusionMatrix(num_classes=NUM_CLASSES)
+        self.test_confusion: list[list[int]] | None = None
+        """The last test pass's confusion matrix over all processes (rows: true class, columns: predicted)."""
 
     @property
     def backbone(self) -> nn.Module:
@@ -69,12 +74,21 @@ class Food11Module(pl.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, TEST)
 
+    def on_test_epoch_start(self) -> None:
+        self.test_pairs.reset()
+
+    def on_test_epoch_end(self) -> None:
+        # compute() sums every process's counts (a collective: every rank calls it here).
+        self.test_confusion = self.test_pairs.compute().long().cpu().tolist()
+
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, labels = batch
         logits = self(to_model_input(images, self.device, channels_last=self.config.channels_last))
         loss = self.criterion(logits.float(), labels)
         accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
         count = labels.shape[0]
+        if stage == TEST:
+            self.test_pairs.update(logits.detach().argmax(dim=1), labels)
         for name, value in zip(STAGE_METRICS[stage], (loss.detach(), accuracy), strict=True):
             self.epoch_means[name].update(value, count)
             self.log(name, self.epoch_means[name], on_step=False, on_epoch=True)

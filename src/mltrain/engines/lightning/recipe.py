@@ -27,7 +27,15 @@ from mltrain import env, metrics
 from mltrain.config import TrainConfig
 from mltrain.data.module import Food11Data
 from mltrain.engines.checkpoint import CHECKPOINT_FILE, TrainState, save_checkpoint
-from mltrain.engines.common import EpochHook, FitResult, autocast_dtype, keep_host_memory, select_device, weights_copy
+from mltrain.engines.common import (
+    DataWaitAdvice,
+    EpochHook,
+    FitResult,
+    autocast_dtype,
+    keep_host_memory,
+    select_device,
+    weights_copy,
+)
 from mltrain.engines.lightning.callbacks import (
     LAST_CHECKPOINT,
     BestCheckpoint,
@@ -98,6 +106,7 @@ class LightningRecipe:
             self.best,
             self.stopper,
             on_epoch_end,
+            advice=DataWaitAdvice(config, tracker, self.device),
         )
         self.timer = DataWaitTimer()
         callbacks = [
@@ -161,6 +170,7 @@ class LightningRecipe:
             )
         result.test_loss = float(tested[0][metrics.TEST_LOSS])
         result.test_accuracy = float(tested[0][metrics.TEST_ACCURACY])
+        result.confusion = self.module.test_confusion
         if self.trainer.is_global_zero:
             self._record_end(result, latest)
         return result

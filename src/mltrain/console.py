@@ -1,0 +1,101 @@
+"""What the ``mltrain`` command shows on the console: mltrain's own lines, not its libraries' chatter.
+
+MLflow, Lightning and Ray each print INFO lines of their own (database migrations, "Started monitoring
+system metrics", "GPU available: False", Lightning's tips, Ray's start-up lines) and MLflow warns about the
+pickle format mltrain chooses on purpose (see :meth:`mltrain.tracking.RunTracker.log_model`). The CLI hides
+them unless ``--verbose``; warnings and errors of every library still show. The Python API leaves logging
+alone: a notebook keeps its own configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+_LIBRARY_LEVEL_VARIABLES = {"MLFLOW_LOGGING_LEVEL": "WARNING"}
+"""Read by MLflow when it is imported (it installs its own handler then, in this process and in every child
+process: Lightning's DDP ranks, the Ray workers of an embedded Ray, `mlflow ui`)."""
+_LIGHTNING_INFO_LOGGERS = tuple(
+    f"lightning.{package}.{module}"
+    for package in ("pytorch", "fabric")
+    for module in ("utilities", "trainer", "loops", "callbacks", "accelerators", "strategies", "plugins")
+)
+"""Lightning's INFO lines ("GPU available: False", tips, "Restoring states from ...") come from these packages.
+Lightning gives the ``lightning`` logger a console handler of its own and resets the levels of ``lightning``,
+``lightning.pytorch`` and ``lightning.fabric`` when imported, but leaves those of their sub-packages alone."""
+_EXPECTED_WARNINGS = {"mlflow.pytorch": ("Pickle or CloudPickle",)}
+"""Warnings about choices mltrain made deliberately and documents: logger -> message fragments."""
+_LIBRARY_PY_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+"""Python warnings that libraries raise about each other (Lightning about torch's pytree API): nothing to act on."""
+
+
+class _MltrainFormatter(logging.Formatter):
+    """mltrain's INFO lines as they are; warnings and errors with their level and, for libraries, their origin."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message = f"{message}\n{self.formatException(record.exc_info)}"
+        if record.levelno < logging.WARNING:
+            return message if record.name.startswith("mltrain") else f"{record.name}: {message}"
+        origin = "" if record.name.startswith("mltrain") else f" ({record.name})"
+        return f"{record.levelname.lower()}{origin}: {message}"
+
+
+class _OwnLinesOnly(logging.Filter):
+    """INFO and above from mltrain; WARNING and above from everything else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.startswith("mltrain")
+
+
+class _DropExpected(logging.Filter):
+    def __init__(self, fragments: tuple[str, ...]) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(fragment in str(record.msg) for fragment in self.fragments)
+
+
+_verbose = False
+
+
+def is_verbose() -> bool:
+    """Whether the command runs with ``--verbose``."""
+    return _verbose
+
+
+def configure(verbose: bool = False) -> None:
+    """Set up the console for a CLI command (before MLflow, Lightning or Ray are imported).
+
+    A handler on the root logger makes Lightning propagate to it instead of installing its own; MLflow's
+    level comes from its variable, set here for this process and its children unless the user set it.
+
+    Args:
+        verbose: Show every library's INFO lines and the expected warnings too.
+    """
+    global _verbose
+    _verbose = verbose
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_mltrain", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._mltrain = True  # type: ignore[attr-defined]
+    handler.setFormatter(_MltrainFormatter())
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    if verbose:
+        return
+    handler.addFilter(_OwnLinesOnly())
+    for name, value in _LIBRARY_LEVEL_VARIABLES.items():
+        os.environ.setdefault(name, value)  # an explicit setting of the user's wins
+    for name, fragments in _EXPECTED_WARNINGS.items():
+        logging.getLogger(name).addFilter(_DropExpected(fragments))
+    for name in _LIGHTNING_INFO_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in _LIBRARY_PY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
