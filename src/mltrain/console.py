@@ -25,7 +25,11 @@ _LIGHTNING_INFO_LOGGERS = tuple(
 """Lightning's INFO lines ("GPU available: False", tips, "Restoring states from ...") come from these packages.
 Lightning gives the ``lightning`` logger a console handler of its own and resets the levels of ``lightning``,
 ``lightning.pytorch`` and ``lightning.fabric`` when imported, but leaves those of their sub-packages alone."""
-_EXPECTED_WARNINGS = {"mlflow.pytorch": ("Pickle or CloudPickle",)}
+_EXPECTED_WARNINGS = {
+    "mlflow.pytorch": ("Pickle or CloudPickle",),
+    # An embedded Ray turns token authentication on by default, as mltrain wants (README, docs/RAY_CLUSTER.md).
+    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled",),
+}
 """Warnings about choices mltrain made deliberately and documents: logger -> message fragments."""
 _LIBRARY_PY_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
 """Python warnings that libraries raise about each other (Lightning about torch's pytree API): nothing to act on."""
@@ -61,6 +65,8 @@ class _DropExpected(logging.Filter):
 
 
 _verbose = False
+_quiet = False
+"""The CLI configured a quiet console (no ``--verbose``); the Python API leaves it False."""
 
 
 def is_verbose() -> bool:
@@ -77,8 +83,9 @@ def configure(verbose: bool = False) -> None:
     Args:
         verbose: Show every library's INFO lines and the expected warnings too.
     """
-    global _verbose
+    global _verbose, _quiet
     _verbose = verbose
+    _quiet = not verbose
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_mltrain", False):
@@ -91,6 +98,10 @@ def configure(verbose: bool = False) -> None:
     if verbose:
         return
     handler.addFilter(_OwnLinesOnly())
+    _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
     for name, value in _LIBRARY_LEVEL_VARIABLES.items():
         os.environ.setdefault(name, value)  # an explicit setting of the user's wins
     for name, fragments in _EXPECTED_WARNINGS.items():
@@ -99,3 +110,35 @@ def configure(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in _LIBRARY_PY_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+
+
+RAY_WORKER_SETUP_HOOK = "mltrain.console.quiet_ray_worker"
+"""Ray's ``worker_process_setup_hook`` for the workers of a command run without ``--verbose``."""
+_RAY_WORKER_LOGGERS = {
+    "ray.train": logging.WARNING,  # "Reporting training result ..." per epoch and rank
+    # Polls the state API every few seconds; an embedded Ray without a dashboard answers with a warning each time.
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+}
+
+
+def ray_runtime_env() -> dict[str, str]:
+    """Runtime-env entries that give a Ray training's worker processes the CLI's quiet console (none with
+    ``--verbose``, or from the Python API).
+
+    Ray Train workers, Tune trials and Ray Train's own actors are processes of their own: their lines reach the
+    console through Ray's log forwarding, so the libraries are quieted in each of them as here.
+    """
+    return {"worker_process_setup_hook": RAY_WORKER_SETUP_HOOK} if _quiet else {}
+
+
+def quiet_ray_worker() -> None:
+    """Run by Ray in each worker process (see :func:`ray_runtime_env`): library INFO lines off, warnings on."""
+    import importlib.util
+
+    _quiet_libraries()
+    for name, level in _RAY_WORKER_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    # Ray Train's per-report line comes from a logger named after its file's path, not its module.
+    spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
+    if spec is not None and spec.origin:
+        logging.getLogger(spec.origin).setLevel(logging.WARNING)

@@ -162,4 +162,4 @@ def test_the_best_trial_is_ranked_by_the_last_value_then_by_epochs(mode: str, be
     assert result.trial_epochs == 13 and result.compute_fraction == pytest.approx(13 / 20)
     table = result.table().splitlines()
     assert table[0].split() == ["trial", "run", "lr", "val_accuracy", "epochs", "status"]
-    assert "stopped at epoch 1" in result.table() and "tune_compute_fraction 0.650" in result.summary()
+    assert "ASHA stopped it at epoch 1" in result.table() and "tune_compute_fraction 0.650" in result.summary()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from mltrain import env
+from mltrain import console, env
 from mltrain.cluster.connection import ClusterConnection, explain_errors
 from mltrain.cluster.status import Demand, pending_demands
 from mltrain.errors import ClusterError, InfeasibleRequest
@@ -80,6 +80,7 @@ class JobRequest:
         # The stop grace period (see env.JOB_STOP_WAIT_S) travels with the job too, for clusters started elsewhere.
         grace = {env.JOB_STOP_WAIT_VAR: os.environ.get(env.JOB_STOP_WAIT_VAR, env.JOB_STOP_WAIT_S)}
         runtime: dict[str, Any] = {"env_vars": {**grace, **env.job_environment(), **self.env}}
+        runtime |= console.ray_runtime_env()  # the job's Ray workers show what the submitting console shows
         if self.pip:
             runtime["pip"] = list(self.pip)
         if self.working_dir is not None:

@@ -42,7 +42,7 @@ import ray
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from mltrain import env, metrics
+from mltrain import console, env, metrics
 from mltrain.config import TrainConfig
 from mltrain.errors import TrainingFailed
 
@@ -104,11 +104,14 @@ def ray_session(config: TrainConfig, address: str | None = None, dashboard: bool
     with client_auth(connection):
         if target is None:
             needed = config.workers * config.cpus_per_worker
+            options = _embedded_dashboard(dashboard)
+            runtime_env = options.pop("runtime_env", {}) | console.ray_runtime_env()
             ray.init(
                 address="local",
                 num_cpus=max(os.cpu_count() or 1, int(-(-needed // 1))),
                 object_store_memory=_EMBEDDED_OBJECT_STORE,
-                **_embedded_dashboard(dashboard),
+                **options,
+                runtime_env=runtime_env or None,
                 _node_ip_address="127.0.0.1",
                 logging_level="WARNING",
             )
@@ -116,7 +119,10 @@ def ray_session(config: TrainConfig, address: str | None = None, dashboard: bool
             host = urlparse(f"//{target.split('://')[-1]}").hostname
             ray.init(
                 address=target,
-                runtime_env=None if env.inside_ray_job() else {"env_vars": env.forwarded_to_workers()},
+                # A Ray job's runtime env (mltrain submit's) already reaches every worker.
+                runtime_env=None
+                if env.inside_ray_job()
+                else {"env_vars": env.forwarded_to_workers(), **console.ray_runtime_env()},
                 _node_ip_address="127.0.0.1" if host in _LOOPBACK else None,
                 logging_level="WARNING",
             )

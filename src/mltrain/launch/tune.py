@@ -306,7 +306,7 @@ class TuneResult:
                 *(_show(trial.values.get(key)) for key in keys),
                 "-" if trial.score is None else f"{trial.score:.4f}",
                 str(trial.epochs),
-                trial.outcome if trial.stopped_at is None else f"stopped at epoch {trial.stopped_at}",
+                _status(trial, self.max_epochs),
             ]
             for trial in self.trials
         ]
@@ -335,6 +335,14 @@ class TuneResult:
                 f"compare the trials: mltrain compare --runs {','.join(t.run_id for t in self.trials[:4] if t.run_id)}",
             ]
         )
+
+
+def _status(trial: TrialSummary, max_epochs: int) -> str:
+    if trial.stopped_at is not None:
+        return f"ASHA stopped it at epoch {trial.stopped_at}"
+    if trial.outcome == "completed" and trial.epochs < max_epochs:
+        return "completed (early stop: patience)"  # the training's own EarlyStopping, not the scheduler
+    return trial.outcome
 
 
 def _show(value: Any) -> str:
@@ -711,7 +719,7 @@ class _TrialRecorder(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._record(trial)
         epochs = int(record.last.get(EPOCHS_DONE, 0))
-        how = "trained all" if epochs >= self.max_epochs else "stopped after"
+        how = "trained all" if epochs >= self.max_epochs else "ended after"
         print(f"trial {record.name} {how} {epochs} epoch(s)", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -401,7 +401,6 @@ def _pip_requirements() -> list[str]:
     ]
 
 
-
 def _system_monitor(run_id: str, tracking_uri: str) -> Any:
     """MLflow's system-metrics monitor for an attached run that logs at least one sample, however short.
 

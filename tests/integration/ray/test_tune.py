@@ -95,7 +95,7 @@ def test_asha_search_makes_one_finished_child_per_trial_and_saves_compute(tiny_d
     assert parent.data.tags["mltrain.tune.best_run_id"] == best.info.run_id
     assert parent.data.params["best.lr"] == best.data.params["lr"]
     assert f"tune_compute_fraction {trial_epochs / (samples * max_epochs):.3f}" in done.stdout
-    assert "stopped at epoch" in done.stdout and best.info.run_id[:8] in done.stdout
+    assert "ASHA stopped it at epoch" in done.stdout and best.info.run_id[:8] in done.stdout
 
     # The children are ordinary training runs: compare reads them; the best model can be promoted.
     compared = run_cli("compare", "--runs", ",".join(child.info.run_id for child in children), "--out", "cmp")
