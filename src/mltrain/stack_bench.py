@@ -2,7 +2,7 @@
 
 Each simulated training is a process of its own with its own MLflow client (and, with ``own_users``, its
 own login), as real trainings are, and it logs what :mod:`mltrain.training` logs: the parameters once; the
-seven epoch metrics (:data:`mltrain.metrics.EPOCH_METRICS`) in one batch per epoch; from a background thread,
+epoch metrics (:data:`mltrain.metrics.EPOCH_METRICS`) in one batch per epoch; from a background thread,
 a batch of system metrics every few seconds, as MLflow's system-metrics monitor does; now and then a file,
 uploaded through the server's artifact proxy. All clients start together and every call is timed.
 Afterwards each run is read back and every logged point looked for, so the report says both how fast the
@@ -59,7 +59,7 @@ class LoadPlan:
     clients: int = 16
     """Simulated trainings logging at once, each in its own process."""
     epochs: int = 100
-    """Epochs per training: one batch of the seven epoch metrics each."""
+    """Epochs per training: one batch of the epoch metrics each."""
     epoch_seconds: float = 0.0
     """Pause after each epoch. 0 logs back to back, which measures what the server can take; a real
     training's epoch lasts seconds to minutes."""
