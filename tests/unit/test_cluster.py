@@ -174,8 +174,13 @@ def test_address_precedence_explicit_env_state(tmp_path: Path, monkeypatch: pyte
     # Our own cluster's dashboard URL leads back to its GCS address and token.
     own = resolve_cluster("http://localhost:41000")
     assert own.address == "192.0.2.2:40000" and own.token == "the-token"
-    with pytest.raises(ClusterError, match="dashboard / Jobs API address"):
+    with pytest.raises(ClusterError, match="dashboard / Jobs API address") as raised:
         resolve_address("http://10.0.0.5:8265")
+    assert "unset RAY_ADDRESS" not in str(raised.value)
+    # Left in the shell by `eval "$(mltrain cluster env)"` of a cluster that is down now: say how to go on.
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:49999")
+    with pytest.raises(ClusterError, match="`unset RAY_ADDRESS` to train on an embedded Ray"):
+        resolve_address()
 
 
 def test_an_explicit_token_wins_over_the_state_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

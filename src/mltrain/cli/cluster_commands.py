@@ -149,6 +149,9 @@ def cluster_down(dir: DirOption = None) -> None:
     cluster = LocalCluster.load(dir)
     count = cluster.down()
     print(f"stopped {count} process(es) of the cluster at {cluster.state.dashboard_url}; removed {cluster.state.path}")
+    if env.ray_address() in (cluster.state.dashboard_url, cluster.state.address):
+        names = " ".join([env.RAY_ADDRESS_VAR, *cluster.state.auth_env()])
+        print(f"this shell still names it ({env.RAY_ADDRESS_VAR}={env.ray_address()}): unset {names}")
 
 
 def cluster_stop_worker(

@@ -155,10 +155,17 @@ def resolve_address(explicit: str | None = None, cluster_dir: str | os.PathLike[
     if connection is None:
         return None
     if connection.address is None:
+        stale = ""
+        if connection.source == env.RAY_ADDRESS_VAR:
+            # Typically left in the shell by `eval "$(mltrain cluster env)"` after its cluster went down.
+            stale = (
+                f" If that cluster is gone (`mltrain cluster down`), `unset {env.RAY_ADDRESS_VAR}` to train on an "
+                "embedded Ray."
+            )
         raise ClusterError(
-            f"{connection.dashboard_url} ({connection.source}) is a dashboard / Jobs API address; ray.init joins "
-            "a cluster by its GCS address (host:6379). Pass that, or submit the command as a job with "
-            "`mltrain submit -- …`"
+            f"{connection.dashboard_url} ({connection.source}) is a dashboard / Jobs API address and no "
+            "`mltrain cluster up` cluster recorded here has it; ray.init joins a cluster by its GCS address "
+            f"(host:6379). Pass that, or submit the command as a job with `mltrain submit -- …`.{stale}"
         )
     return connection.address
 

@@ -31,7 +31,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -311,25 +311,40 @@ def _fit_interruptibly(trainer: Any, watch: _PlacementWatch) -> Any:
             return trainer.fit()
         finally:
             stop.set()
+
+    def on_interrupt(thread: threading.Thread) -> None:
+        _stop_train_controller()
+        thread.join(timeout=60)  # fit returns once its controller is gone
+
+    try:
+        return call_interruptibly(trainer.fit, "ray-train-fit", on_interrupt)
+    finally:
+        stop.set()
+
+
+def call_interruptibly(function: Callable[[], Any], name: str, on_interrupt: Callable[[threading.Thread], None]) -> Any:
+    """``function()`` in a thread, so that Ctrl+C and SIGTERM reach this (main) thread at once.
+
+    Ray's ``fit`` calls block in places a signal cannot interrupt. On an interrupt, ``on_interrupt(thread)``
+    stops the work (and may wait for the thread), then the interrupt is raised again. Otherwise the
+    function's result is returned, or its exception raised, here.
+    """
     outcome: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            outcome["result"] = trainer.fit()
+            outcome["result"] = function()
         except BaseException as exc:  # handed to the main thread
             outcome["error"] = exc
 
-    thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     try:
         while thread.is_alive():
             thread.join(timeout=0.5)
     except BaseException:
-        _stop_train_controller()
-        thread.join(timeout=60)  # fit returns once its controller is gone
+        on_interrupt(thread)
         raise
-    finally:
-        stop.set()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]

@@ -641,30 +641,17 @@ def _fit_interruptibly(tuner: Any, interrupt: _Interrupt) -> Any:
     """
     import ray
 
-    outcome: dict[str, Any] = {}
+    from mltrain.launch.ray import call_interruptibly
 
-    def run() -> None:
-        try:
-            outcome["result"] = tuner.fit()
-        except BaseException as exc:  # handed to the main thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, name="ray-tune-fit", daemon=True)
-    thread.start()
-    try:
-        while thread.is_alive():
-            thread.join(timeout=0.5)
-    except BaseException:
+    def on_interrupt(thread: threading.Thread) -> None:
         print("interrupted: stopping every trial (interrupt again to stop at once)", flush=True)
         interrupt.event.set()
         with contextlib.suppress(BaseException):
             thread.join(timeout=_STOP_GRACE_S)
         if thread.is_alive():
             ray.shutdown()
-        raise
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+
+    return call_interruptibly(tuner.fit, "ray-tune-fit", on_interrupt)
 
 
 def _children(client: Any, parent: Any) -> list[Any]:
