@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -84,12 +86,18 @@ def test_elastic_group_shrinks_on_a_lost_node_and_grows_back(tiny_data: Path, ra
     history = sorted(MlflowClient().get_metric_history(run_id, metrics.WORKERS), key=lambda m: m.step)
     first_on_one = next(m for m in history if m.value == 1)
     first_on_two_again = next(m for m in history if m.value == 2 and m.step > first_on_one.step)
+    shrunk, grown = (_first_step(tags[f"mltrain.ray.restart.{n}"]) for n in (1, 2))
     print(
-        f"elastic timeline: node lost -> first epoch on 1 worker {first_on_one.timestamp / 1000 - lost_at:.1f}s "
-        f"(epoch {first_on_one.step}); node back -> first epoch on 2 workers "
-        f"{first_on_two_again.timestamp / 1000 - back_at:.1f}s (epoch {first_on_two_again.step}); "
-        f"{tags['mltrain.ray.resize.1']} | {tags['mltrain.ray.resize.2']}"
+        f"elastic timeline: node lost -> first step on 1 worker {shrunk - lost_at:.1f}s, first new epoch logged "
+        f"{first_on_one.timestamp / 1000 - lost_at:.1f}s (epoch {first_on_one.step}); node back -> first step on 2 "
+        f"workers {grown - back_at:.1f}s, first epoch logged {first_on_two_again.timestamp / 1000 - back_at:.1f}s "
+        f"(epoch {first_on_two_again.step}); {tags['mltrain.ray.resize.1']} | {tags['mltrain.ray.resize.2']}"
     )
+
+
+def _first_step(restart_tag: str) -> float:
+    """The POSIX time of a restart's first training step, from its tag (``epoch 3; first step at <ISO> on …``)."""
+    return datetime.fromisoformat(re.search(r"first step at (\S+)", restart_tag).group(1)).timestamp()
 
 
 @pytest.mark.timeout(420)
