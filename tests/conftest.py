@@ -54,6 +54,8 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hue_tables_fil
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
     monkeypatch.delenv("FOOD11_DATA_DIR", raising=False)
+    # The CLI run in-process (main([...])) quiets MLflow through this variable; it must not outlive the test.
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     # A developer's own `mltrain cluster up` must not be found (resolve_address reads its state file).
     monkeypatch.setenv("MLTRAIN_CLUSTER_DIR", str(tmp_path / "ray-cluster"))

@@ -17,7 +17,7 @@ CHATTER = ("GPU available:", "Started monitoring system metrics", "Pickle or Clo
 
 @pytest.mark.timeout(300)
 def test_a_training_shows_its_own_lines_and_the_libraries_only_with_verbose(tiny_data: Path) -> None:
-    args = ["train", "--data", str(tiny_data), *TINY_TRAIN, "--engine", "lightning"]
+    args = ["train", "--data", str(tiny_data), *TINY_TRAIN, "--engine", "lightning", "--set", "total_epochs=1"]
     quiet = run_cli(*args)
     assert quiet.returncode == 0, quiet.stderr
     shown = quiet.stdout + quiet.stderr

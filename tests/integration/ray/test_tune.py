@@ -78,7 +78,8 @@ def test_asha_search_makes_one_finished_child_per_trial_and_saves_compute(tiny_d
             # the trial's processes are gone, and the run shows every epoch that ran.
             stopped_at = int(tags[STOPPED_AT_TAG])
             assert stopped_at in (1, 2) and stopped_at <= len(ran) <= stopped_at + 1
-            assert metrics.TEST_ACCURACY not in child.data.metrics
+            if len(ran) < max_epochs:  # ... or, stopped at the last rung, even its test pass before it was ended
+                assert metrics.TEST_ACCURACY not in child.data.metrics
         else:
             assert len(ran) == max_epochs and metrics.TEST_ACCURACY in child.data.metrics
     assert any(child.data.tags[STOPPED_TAG] == "true" for child in children), done.stdout[-3000:]
@@ -138,7 +139,7 @@ def _trial_processes(driver: psutil.Process) -> list[psutil.Process]:
     return [process for process in driver.children(recursive=True) if is_trial(process)]
 
 
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(480)
 def test_a_lost_trial_resumes_its_run_then_ctrl_c_ends_every_run_killed(tiny_data: Path) -> None:
     """Two behaviours in one search (a search spends ~30 s here starting Ray and its first trials).
 
@@ -171,7 +172,11 @@ def test_a_lost_trial_resumes_its_run_then_ctrl_c_ends_every_run_killed(tiny_dat
         )
         ray_processes = driver.children(recursive=True)
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=150)
+        try:
+            # Tune stops the trials within _STOP_GRACE_S (60 s), else the driver shuts Ray down.
+            output, _ = process.communicate(timeout=240)
+        except subprocess.TimeoutExpired as timed_out:
+            raise AssertionError(f"Ctrl+C did not end the search:\n{(timed_out.output or b'')[-5000:]!r}") from None
     finally:
         if process.poll() is None:
             process.kill()
