@@ -292,7 +292,7 @@ def _run(plan: _Plan, spec: _RunSpec, progress: bool, rank_zero: bool, started: 
             model_uri = finalize_run(tracker, folder, quiet=sys.exc_info()[0] is not None)
     uri = mlflow.get_tracking_uri()
     return TrainResult(
-        run_id=tracker.run_id,
+        run_id=tracker.run_id if rank_zero else None,  # a DDP worker, also on resume (it knows the id then)
         experiment=spec.experiment,
         tracking_uri=uri,
         test_accuracy=result.test_accuracy,

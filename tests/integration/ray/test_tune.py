@@ -150,7 +150,12 @@ def test_a_lost_trial_resumes_its_run_then_ctrl_c_ends_every_run_killed(tiny_dat
     args = [*TINY_TRAIN, *CPU, "--set", "patience=300", "--samples", "2", "--max-epochs", "300"]
     args += ["--max-concurrent", "2", "--grace-period", "300"]  # ASHA stops nothing: both trials keep training
     process = subprocess.Popen(
-        [*MLTRAIN, "tune", "--data", str(tiny_data), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*MLTRAIN, "tune", "--data", str(tiny_data), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # A harness may start us with SIGINT ignored (background jobs, as in `make test &`); a terminal's is not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         driver = psutil.Process(process.pid)
