@@ -140,6 +140,19 @@ def s3_settings() -> tuple[str | None, str | None, str | None, str]:
     return endpoint, os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"), region
 
 
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK")
+"""Set by launchers of data-parallel workers: torchrun sets RANK; Lightning's ddp launcher LOCAL_RANK/NODE_RANK."""
+
+
+def is_rank_zero() -> bool:
+    """False in a data-parallel worker that a launcher started (rank > 0): only rank 0 talks to MLflow.
+
+    Lightning's ddp launcher starts ranks 1..N-1 by re-running the same command with these variables
+    set, so the check must happen before anything creates an MLflow run.
+    """
+    return all(os.environ.get(name, "0") == "0" for name in _RANK_VARIABLES)
+
+
 def inside_ray_job() -> bool:
     """True in the entrypoint of a Ray job (``mltrain submit``): its runtime env already reaches every worker."""
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ

@@ -144,15 +144,20 @@ def train(
         parent_run_id: Nest a new run under this run (e.g. a Tune trial's under its search's run).
         tags: Extra tags for a new run (e.g. the Tune trial it belongs to).
     """
-    from mltrain.engines.common import is_rank_zero
-
     started = time.perf_counter()
     plan = _plan(config, overrides, config_file, data_dir, resume)
     # Lightning's DDP launcher re-runs this call for ranks 1..N-1 with its rank variables set: read them
     # once, here; below, the rank travels explicitly (the tracker is enabled on rank 0 only).
-    with _launcher(plan.config, address):
-        run = _RunSpec(experiment, tracking_uri, run_name, parent_run_id, dict(tags or {}))
-        return _run(plan, run, progress, is_rank_zero(), started)
+    rank_zero = env.is_rank_zero()
+    run = _RunSpec(experiment, tracking_uri, run_name, parent_run_id, dict(tags or {}))
+    starter = _run_starter(plan, run, rank_zero)
+    try:
+        _check_before_run(plan)
+        with _launcher(plan.config, address):
+            return _run(plan, run, progress, rank_zero, started, starter)
+    finally:
+        if starter is not None:
+            starter.close()  # it exits; without a run, if the training stopped before creating one
 
 
 def _launcher(config: TrainConfig, address: str | None) -> contextlib.AbstractContextManager:
@@ -173,23 +178,34 @@ def _plan(
     data_dir: str | os.PathLike[str] | None,
     resume: str | os.PathLike[str] | None,
 ) -> _Plan:
-    """Resolve the config, the checkpoint and the data folder; raise before anything is changed."""
-    from mltrain.engines.checkpoint import find_checkpoint, load_checkpoint
-
+    """Resolve the config, the checkpoint and the data folder (``_check_before_run`` checks the rest)."""
     if resume is None:
-        plan = _Plan(TrainConfig.build(config_file, overrides, base=config), {}, None, env.data_dir(data_dir))
-    else:
-        output_dir = config.output_dir if config is not None else TrainConfig().output_dir
-        checkpoint = load_checkpoint(find_checkpoint(resume, output_dir))
-        state = checkpoint["state"]
-        resolved, changes = resolve_resume(state.config, config_file, overrides, given=config)
-        _check_something_to_do(state, resolved)
-        saved_data = Path(state.data_dir) if state.data_dir else None
-        if data_dir is None and saved_data is not None and saved_data.is_dir():
-            data_dir = saved_data
-        plan = _Plan(resolved, changes, checkpoint, env.data_dir(data_dir))
-    _check_before_run(plan)
-    return plan
+        return _Plan(TrainConfig.build(config_file, overrides, base=config), {}, None, env.data_dir(data_dir))
+    from mltrain.engines.checkpoint import find_checkpoint, load_checkpoint  # torch
+
+    output_dir = config.output_dir if config is not None else TrainConfig().output_dir
+    checkpoint = load_checkpoint(find_checkpoint(resume, output_dir))
+    state = checkpoint["state"]
+    resolved, changes = resolve_resume(state.config, config_file, overrides, given=config)
+    _check_something_to_do(state, resolved)
+    saved_data = Path(state.data_dir) if state.data_dir else None
+    if data_dir is None and saved_data is not None and saved_data.is_dir():
+        data_dir = saved_data
+    return _Plan(resolved, changes, checkpoint, env.data_dir(data_dir))
+
+
+def _run_starter(plan: _Plan, spec: _RunSpec, rank_zero: bool) -> Any:
+    """A helper process that opens MLflow while this one imports torch, to create the new run on request.
+
+    Only where it takes MLflow's import off the way to the first training step: a new run of a local
+    engine, on rank 0, in a process that has not imported MLflow yet (one that has may also have a run
+    active, or a tracking URI set in code, which only it knows). See :mod:`mltrain.tracking.starter`.
+    """
+    if not rank_zero or plan.checkpoint is not None or plan.config.engine == "ray" or "mlflow" in sys.modules:
+        return None
+    from mltrain.tracking.starter import RunStarter
+
+    return RunStarter(spec.experiment, spec.tracking_uri)
 
 
 def _check_before_run(plan: _Plan) -> None:
@@ -252,9 +268,7 @@ class _RunSpec:
     tags: dict[str, str]
 
 
-def _run(plan: _Plan, spec: _RunSpec, progress: bool, rank_zero: bool, started: float) -> TrainResult:
-    import mlflow
-
+def _run(plan: _Plan, spec: _RunSpec, progress: bool, rank_zero: bool, started: float, starter: Any) -> TrainResult:
     from mltrain.data.module import Food11Data
     from mltrain.engines import get_fit
     from mltrain.evaluation import record_class_report
@@ -268,17 +282,24 @@ def _run(plan: _Plan, spec: _RunSpec, progress: bool, rank_zero: bool, started: 
     data = Food11Data(plan.data_dir, config, progress=progress)
     if config.engine != "ray" or data.root.is_dir():
         data.setup()
+    tags = {**_run_tags(config), **spec.tags} if checkpoint is None else None
+    # Everything is checked: the helper creates the run now (its MLflow is open by now), this process attaches
+    # to it at the first epoch's end.
+    created = starter.create(tags or {}, spec.run_name, spec.parent_run_id) if starter is not None else None
     tracker = RunTracker(
         experiment=spec.experiment,
         tracking_uri=spec.tracking_uri,
-        run_id=checkpoint["state"].run_id if checkpoint else None,
+        run_id=created.run_id if created else checkpoint["state"].run_id if checkpoint else None,
         run_name=spec.run_name,
         enabled=rank_zero,
         # A Ray training's machine is its rank-0 worker's node: that worker samples it into the run.
         system_metrics=config.engine != "ray",
-        tags={**_run_tags(config), **spec.tags} if checkpoint is None else None,
+        tags=None if created else tags,
         parent_run_id=spec.parent_run_id,
+        lazy=created is not None,
     )
+    if created is not None:
+        tracker.experiment_id = created.experiment_id
     with _sigterm_as_exception(), tracker, _resume_hint_on_interrupt(tracker, checkpoint, config):
         folder = checkpoint["folder"] if checkpoint else Path(config.output_dir) / str(tracker.run_id)
         _record_start(tracker, plan, data, folder)
@@ -290,6 +311,8 @@ def _run(plan: _Plan, spec: _RunSpec, progress: bool, rank_zero: bool, started: 
         finally:
             # However the training ends, the run gets its best model and every epoch before it is closed.
             model_uri = finalize_run(tracker, folder, quiet=sys.exc_info()[0] is not None)
+    import mlflow  # not before: the way to the first step stays clear of MLflow's import
+
     uri = mlflow.get_tracking_uri()
     return TrainResult(
         run_id=tracker.run_id if rank_zero else None,  # a DDP worker, also on resume (it knows the id then)
@@ -312,24 +335,29 @@ def _run(plan: _Plan, spec: _RunSpec, progress: bool, rank_zero: bool, started: 
 
 
 def _record_start(tracker: Any, plan: _Plan, data: Any, folder: Path) -> None:
-    """What a run records before training: params, host, config (a new run) or what a resume changed; the data."""
+    """What a run records before training: params, host, config (a new run) or what a resume changed; the data.
+
+    The folder's ``config.yaml`` is written now; the rest goes to MLflow once the tracker is attached.
+    """
     from mltrain.tracking import gpu_info_text
 
     config = plan.config
-    if plan.checkpoint is None:
-        if tracker.enabled:
+    config_file = config.save_yaml(folder / metrics.CONFIG_ARTIFACT) if tracker.enabled else None
+
+    def record() -> None:
+        if plan.checkpoint is not None:
+            _record_resume(tracker, plan.changes)
+        elif tracker.enabled:
             tracker.log_params(config.to_params())
             if config.engine != "ray":  # a Ray training records its rank-0 worker's node instead
                 tracker.log_text(gpu_info_text(), metrics.GPU_INFO_ARTIFACT)
-            tracker.log_artifact(config.save_yaml(folder / metrics.CONFIG_ARTIFACT))
+            tracker.log_artifact(config_file)
             if data.splits:
                 tracker.log_metrics({metrics.SKIPPED_IMAGES: data.skipped_images}, step=0)
-    else:
-        _record_resume(tracker, plan.changes)
-        if tracker.enabled:
-            config.save_yaml(folder / metrics.CONFIG_ARTIFACT)
-    if data.splits:  # else (a Ray driver that does not see the data) the rank-0 worker records it
-        record_dataset(tracker, data)
+        if data.splits:  # else (a Ray driver that does not see the data) the rank-0 worker records it
+            record_dataset(tracker, data)
+
+    tracker.when_started(record)
 
 
 def record_dataset(tracker: Any, data: Any) -> None:

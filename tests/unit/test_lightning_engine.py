@@ -12,12 +12,12 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.tracking import MlflowClient
 
-from mltrain import metrics, training
+from mltrain import env, metrics, training
 from mltrain.config import TrainConfig
 from mltrain.data.module import Food11Data
 from mltrain.data.transforms import to_model_input
-from mltrain.engines import common, torch_engine
 from mltrain.engines import lightning as engine
+from mltrain.engines import torch_engine
 from mltrain.engines.checkpoint import load_checkpoint
 from mltrain.engines.lightning import callbacks, recipe
 from mltrain.engines.lightning.module import Food11Module
@@ -286,8 +286,8 @@ def test_interrupted_training_resumes_exactly_from_a_copied_folder(
 def test_only_rank_zero_counts_as_the_lead(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
         monkeypatch.delenv(name, raising=False)
-    assert common.is_rank_zero()
+    assert env.is_rank_zero()
     monkeypatch.setenv("LOCAL_RANK", "0")
-    assert common.is_rank_zero()
+    assert env.is_rank_zero()
     monkeypatch.setenv("LOCAL_RANK", "1")  # Lightning's ddp launcher re-running the command as rank 1
-    assert not common.is_rank_zero()
+    assert not env.is_rank_zero()

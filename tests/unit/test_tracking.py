@@ -1,3 +1,4 @@
+import sys
 import time
 
 import mlflow
@@ -9,6 +10,7 @@ from mltrain.config import TrainConfig
 from mltrain.errors import TrackingError, TrainingInterrupted
 from mltrain.model import build_model
 from mltrain.tracking import BEST_MODEL_TAG, RunTracker, gpu_info_text
+from mltrain.tracking.starter import RunStarter
 
 
 def _status(run_id: str) -> str:
@@ -174,3 +176,55 @@ def test_a_worker_shorter_than_the_sampling_interval_still_samples_its_machine(
         owner.end("FINISHED")
     history = MlflowClient().get_metric_history(owner.run_id, "system/cpu_utilization_percentage")
     assert sorted(point.step for point in history) == [0, 1]
+
+
+def test_the_helper_creates_the_run_and_the_tracker_attaches_at_first_use() -> None:
+    starter = RunStarter("helped", None)
+    try:
+        created = starter.create({"mltrain.engine": "torch"}, run_name="first")
+    finally:
+        starter.close()
+    run = MlflowClient().get_run(created.run_id)
+    assert run.info.status == "RUNNING" and run.info.run_name == "first"
+    assert run.info.experiment_id == created.experiment_id
+    assert run.data.tags["mltrain.engine"] == "torch" and run.data.tags["mlflow.source.type"] == "LOCAL"
+    assert run.data.tags["mlflow.source.name"] == sys.argv[0]  # the training's command, not the helper's
+    assert "mlflow.user" in run.data.tags  # the context tags mlflow.start_run would set
+
+    recorded: list[str] = []
+    tracker = RunTracker(experiment="helped", run_id=created.run_id, system_metrics=False, lazy=True)
+    with tracker:
+        tracker.when_started(lambda: recorded.append("start records"))
+        tracker.when_started(lambda: tracker.log_params({"lr": 0.1}))
+        assert recorded == []  # nothing needed the run yet
+        tracker.training_started()  # MLflow loads behind the loop from now on
+        tracker.log_epoch(0, {"val_loss": 1.0})  # the first call that needs the run attaches to it
+        assert recorded == ["start records"]
+    run = MlflowClient().get_run(created.run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
+    assert [m.step for m in MlflowClient().get_metric_history(created.run_id, "val_loss")] == [0]
+    assert tracker.blocked_seconds > 0  # attaching is counted as time the loop waited for tracking
+
+
+def test_a_lazy_run_interrupted_before_its_first_use_still_ends_killed_with_its_records() -> None:
+    starter = RunStarter("helped", None)
+    created = starter.create({})
+    starter.close()
+    tracker = RunTracker(experiment="helped", run_id=created.run_id, system_metrics=False, lazy=True)
+    with pytest.raises(KeyboardInterrupt), tracker:
+        tracker.when_started(lambda: tracker.log_params({"lr": 0.1}))
+        raise KeyboardInterrupt
+    run = MlflowClient().get_run(created.run_id)
+    assert run.info.status == "KILLED" and run.data.params == {"lr": "0.1"}
+
+
+def test_the_helper_creates_nothing_unless_asked_and_reports_why_it_cannot() -> None:
+    RunStarter("never-created", None).close()  # the training stopped before it needed its run
+    assert MlflowClient().get_experiment_by_name("never-created") is None
+    client = MlflowClient()
+    client.delete_experiment(client.create_experiment("gone"))
+    starter = RunStarter("gone", None)
+    with pytest.raises(TrackingError, match="deleted"):
+        starter.create({})
+    starter.close()
+    assert not client.search_runs([client.get_experiment_by_name("gone").experiment_id], run_view_type=3)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,8 +18,6 @@ EpochHook = Callable[[int, dict[str, float], Path], None]
 """Called after each epoch with (epoch, metrics, checkpoint path), e.g. to report to Ray Train."""
 HEAD, FINE_TUNE = "head", "fine-tune"
 """The two phases: the classifier head alone, then the whole network."""
-_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK")
-"""Set by launchers of data-parallel workers: torchrun sets RANK; Lightning's ddp launcher LOCAL_RANK/NODE_RANK."""
 
 
 @dataclass
@@ -56,15 +53,6 @@ def prepare_model(config: TrainConfig) -> torch.nn.Module:
 def weights_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of the model's weights (what a checkpoint keeps as best or latest)."""
     return {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
-
-
-def is_rank_zero() -> bool:
-    """False in a data-parallel worker that a launcher started (rank > 0): only rank 0 talks to MLflow.
-
-    Lightning's ddp launcher starts ranks 1..N-1 by re-running the same command with these variables
-    set, so the check must happen before anything creates an MLflow run.
-    """
-    return all(os.environ.get(name, "0") == "0" for name in _RANK_VARIABLES)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h

@@ -174,7 +174,7 @@ class TorchRecipe:
         bar = tqdm(
             total=len(self.train_loader), desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=self._no_bar()
         )
-        for images, labels in timed_batches(self.train_loader, stats):
+        for step, (images, labels) in enumerate(timed_batches(self.train_loader, stats)):
             inputs = to_model_input(images, self.device, channels_last=self.config.channels_last)
             labels = labels.to(self.device, non_blocking=True)
             with autocast(self.device, self.amp_dtype):
@@ -186,6 +186,8 @@ class TorchRecipe:
             self.scaler.update()
             stats.update(loss, logits, labels)
             bar.update(1)
+            if step == 0:
+                self.tracker.training_started()
         bar.close()
         return stats
 

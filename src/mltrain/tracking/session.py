@@ -16,8 +16,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -46,6 +47,10 @@ class RunTracker:
         parent_run_id: Nest a new run under this run (``mlflow.parentRunId``), which may belong to another
             process — e.g. a Tune trial's run under its search's run. A run active in this process, if any,
             is the parent instead.
+        lazy: ``run_id`` is a run just created for this tracker (by :class:`~mltrain.tracking.starter.RunStarter`):
+            MLflow is loaded in a background thread once the loop runs (:meth:`training_started`), and the
+            run is attached, and what :meth:`when_started` registered is logged, at the first call that needs
+            it (the first epoch's end) — so MLflow's import is not between the command and the first step.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class RunTracker:
         tags: Mapping[str, str] | None = None,
         owner: bool = True,
         parent_run_id: str | None = None,
+        lazy: bool = False,
     ) -> None:
         if not owner and run_id is None:
             raise ValueError("a tracker that does not own its run needs the run_id to attach to")
@@ -79,7 +85,11 @@ class RunTracker:
         self.synchronous = False
         """Send metrics before returning (tests of the server path may want it); default: queue them."""
         self._blocked_mark = 0.0
-        self._existing = run_id is not None  # the run may already hold steps that must not be logged again
+        # A run that existed before this tracker may already hold steps that must not be logged again.
+        self._existing = run_id is not None and not lazy
+        self._lazy = lazy and enabled and run_id is not None
+        self._on_start: list[Callable[[], None]] = []
+        self._warming: threading.Thread | None = None
         self._logged: dict[str, set[int]] = {}
         self._owns_run = False
         self._active = False
@@ -87,6 +97,45 @@ class RunTracker:
         self._monitor: Any = None
 
     # --- lifecycle ------------------------------------------------------------------------------------
+    def when_started(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the run is attached: now, unless the tracker is lazy and not attached yet."""
+        if self._lazy:
+            self._on_start.append(callback)
+        else:
+            callback()
+
+    def training_started(self) -> None:
+        """The loop took its first step: a lazy tracker now loads MLflow and opens the store in the background.
+
+        Not before: on a small machine that work would compete with building the model and the first batch.
+        """
+        if self._lazy and self._warming is None:
+            self._warming = threading.Thread(target=self._warm_up, name="mltrain-mlflow-warm-up", daemon=True)
+            self._warming.start()
+
+    def _warm_up(self) -> None:
+        try:
+            import mlflow
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor  # noqa: F401
+
+            mlflow.MlflowClient(self.tracking_uri).get_run(self.run_id)  # opens the store: a sqlite schema check
+        except Exception as exc:  # attaching reports what is wrong
+            log.debug("warming up MLflow failed: %s", exc)
+
+    def _attach_lazily(self) -> bool:
+        """The first call that needs a lazy tracker's run: attach to it (timed as blocked), then run the callbacks."""
+        if not self._lazy:
+            return False
+        self._lazy = False
+        with self._timed():
+            if self._warming is not None:
+                self._warming.join()
+            self.start()
+        callbacks, self._on_start = self._on_start, []
+        for callback in callbacks:
+            callback()
+        return True
+
     def start(self) -> str | None:
         """Start (or re-attach to) the run; returns its id. Nested under a run already active here."""
         if not self.enabled:
@@ -143,6 +192,7 @@ class RunTracker:
 
     def end(self, status: str = "FINISHED") -> None:
         """Flush pending logs and end the run with ``status`` (FINISHED, FAILED or KILLED)."""
+        self._attach_lazily()  # a lazy run that nothing has used yet still gets its start records and its status
         if not (self.enabled and self._active):
             return
         import mlflow
@@ -161,7 +211,8 @@ class RunTracker:
             log.error("could not end MLflow run %s as %s: %s", self.run_id, status, exc)
 
     def __enter__(self) -> RunTracker:
-        self.start()
+        if not self._lazy:
+            self.start()
         return self
 
     def __exit__(
@@ -210,6 +261,8 @@ class RunTracker:
     def log_epoch(self, epoch: int, values: Mapping[str, float]) -> None:
         """Log one epoch's metrics at ``step=epoch``, plus ``tracking_blocked_seconds``: the seconds the training
         loop spent in tracking calls since the previous epoch was logged (what tracking cost this epoch)."""
+        if not self._live():  # this attaches a lazy tracker: that time counts as this epoch's
+            return
         blocked = self.blocked_seconds - self._blocked_mark
         self.log_metrics({**values, TRACKING_BLOCKED: blocked}, step=epoch)
         self._blocked_mark = self.blocked_seconds
@@ -347,6 +400,8 @@ class RunTracker:
 
     # --- helpers ------------------------------------------------------------------------------------------
     def _live(self) -> bool:
+        if self._lazy:
+            self._attach_lazily()
         return self.enabled and self._active
 
     def _steps(self, key: str) -> set[int]:
