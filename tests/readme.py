@@ -361,13 +361,18 @@ class Sandbox:
         with open(log, "w") as out:
             out.write(f"$ {command}\n")
             out.flush()
+            process = subprocess.Popen(
+                ["bash", "-c", script], cwd=self.root, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
             try:
-                done = subprocess.run(
-                    ["bash", "-c", script], cwd=self.root, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                    timeout=timeout, start_new_session=True,
-                )  # fmt: skip
-                code = done.returncode
+                code = process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                # Everything the command started goes too: a training left waiting would hold the next
+                # section's cluster resources.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
                 code = -1
         output = log.read_text(errors="replace")
         self.outputs.append((command, output))

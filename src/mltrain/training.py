@@ -120,6 +120,7 @@ def train(
     progress: bool = True,
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
+    launched_at: float | None = None,
 ) -> TrainResult:
     """Train a Food-11 classifier and track it in MLflow.
 
@@ -143,8 +144,11 @@ def train(
         progress: Show progress bars.
         parent_run_id: Nest a new run under this run (e.g. a Tune trial's under its search's run).
         tags: Extra tags for a new run (e.g. the Tune trial it belongs to).
+        launched_at: When the command started (``time.time()``): where ``startup_seconds`` counts from;
+            default: this call.
     """
     started = time.perf_counter()
+    launched = time.time() if launched_at is None else launched_at
     plan = _plan(config, overrides, config_file, data_dir, resume)
     # Lightning's DDP launcher re-runs this call for ranks 1..N-1 with its rank variables set: read them
     # once, here; below, the rank travels explicitly (the tracker is enabled on rank 0 only).
@@ -154,7 +158,7 @@ def train(
     try:
         _check_before_run(plan)
         with _launcher(plan.config, address):
-            return _run(plan, run, progress, rank_zero, started, starter)
+            return _run(plan, run, progress, rank_zero, (launched, started), starter)
     finally:
         if starter is not None:
             starter.close()  # it exits; without a run, if the training stopped before creating one
@@ -268,7 +272,10 @@ class _RunSpec:
     tags: dict[str, str]
 
 
-def _run(plan: _Plan, spec: _RunSpec, progress: bool, rank_zero: bool, started: float, starter: Any) -> TrainResult:
+def _run(
+    plan: _Plan, spec: _RunSpec, progress: bool, rank_zero: bool, started: tuple[float, float], starter: Any
+) -> TrainResult:
+    """Data, run, engine, summary. ``started``: (``time.time()`` at launch, ``time.perf_counter()`` at the call)."""
     from mltrain.data.module import Food11Data
     from mltrain.engines import get_fit
     from mltrain.evaluation import record_class_report
@@ -309,6 +316,7 @@ def _run(plan: _Plan, spec: _RunSpec, progress: bool, rank_zero: bool, started: 
             if result.confusion is not None and tracker.enabled:
                 class_report = record_class_report(tracker, result.confusion, step=max(result.epochs_run - 1, 0))
         finally:
+            _record_startup(tracker, started[0])
             # However the training ends, the run gets its best model and every epoch before it is closed.
             model_uri = finalize_run(tracker, folder, quiet=sys.exc_info()[0] is not None)
     import mlflow  # not before: the way to the first step stays clear of MLflow's import
@@ -326,7 +334,7 @@ def _run(plan: _Plan, spec: _RunSpec, progress: bool, rank_zero: bool, started: 
         model_uri=model_uri,
         checkpoint=result.checkpoint,
         skipped_images=data.skipped_images,
-        wall_seconds=time.perf_counter() - started,
+        wall_seconds=time.perf_counter() - started[1],
         class_accuracy=dict(zip(class_report.class_names, class_report.recall.tolist(), strict=True))
         if class_report is not None
         else {},
@@ -358,6 +366,17 @@ def _record_start(tracker: Any, plan: _Plan, data: Any, folder: Path) -> None:
             record_dataset(tracker, data)
 
     tracker.when_started(record)
+
+
+def _record_startup(tracker: Any, launched: float) -> None:
+    """``startup_seconds``, if the engine trained in this process (a Ray driver does not)."""
+    if tracker.first_step is None:
+        return
+    epoch, at = tracker.first_step
+    try:
+        tracker.log_metrics({metrics.STARTUP: at - launched}, step=epoch)
+    except Exception as exc:  # never in the way of the model and the run's end
+        log.warning("could not log %s: %s", metrics.STARTUP, exc)
 
 
 def record_dataset(tracker: Any, data: Any) -> None:

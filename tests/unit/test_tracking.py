@@ -176,6 +176,14 @@ def test_a_worker_shorter_than_the_sampling_interval_still_samples_its_machine(
         owner.end("FINISHED")
     history = MlflowClient().get_metric_history(owner.run_id, "system/cpu_utilization_percentage")
     assert sorted(point.step for point in history) == [0, 1]
+    # The process that owns a run samples its machine the same way, also when it is resumed.
+    with RunTracker(experiment="t") as new:
+        new.log_metrics({"train_loss": 1.0}, step=0)
+    with RunTracker(experiment="t", run_id=owner.run_id) as resumed:
+        resumed.log_metrics({"train_loss": 1.0}, step=1)
+    for run_id, steps in ((new.run_id, [0]), (owner.run_id, [0, 1, 2])):
+        history = MlflowClient().get_metric_history(run_id, "system/cpu_utilization_percentage")
+        assert sorted(point.step for point in history) == steps
 
 
 def test_the_helper_creates_the_run_and_the_tracker_attaches_at_first_use() -> None:
@@ -197,7 +205,7 @@ def test_the_helper_creates_the_run_and_the_tracker_attaches_at_first_use() -> N
         tracker.when_started(lambda: recorded.append("start records"))
         tracker.when_started(lambda: tracker.log_params({"lr": 0.1}))
         assert recorded == []  # nothing needed the run yet
-        tracker.training_started()  # MLflow loads behind the loop from now on
+        tracker.training_started(0)  # MLflow loads behind the loop from now on
         tracker.log_epoch(0, {"val_loss": 1.0})  # the first call that needs the run attaches to it
         assert recorded == ["start records"]
     run = MlflowClient().get_run(created.run_id)

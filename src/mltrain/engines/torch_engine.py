@@ -187,7 +187,7 @@ class TorchRecipe:
             stats.update(loss, logits, labels)
             bar.update(1)
             if step == 0:
-                self.tracker.training_started()
+                self.tracker.training_started(epoch)
         bar.close()
         return stats
 

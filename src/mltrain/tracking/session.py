@@ -90,6 +90,8 @@ class RunTracker:
         self._lazy = lazy and enabled and run_id is not None
         self._on_start: list[Callable[[], None]] = []
         self._warming: threading.Thread | None = None
+        self.first_step: tuple[int, float] | None = None
+        """(epoch, time.time()) of the training's first step in this process, once the engine has said so."""
         self._logged: dict[str, set[int]] = {}
         self._owns_run = False
         self._active = False
@@ -104,11 +106,14 @@ class RunTracker:
         else:
             callback()
 
-    def training_started(self) -> None:
-        """The loop took its first step: a lazy tracker now loads MLflow and opens the store in the background.
+    def training_started(self, epoch: int) -> None:
+        """The loop took its first step (in ``epoch``): a lazy tracker now loads MLflow in the background.
 
         Not before: on a small machine that work would compete with building the model and the first batch.
+        The first call's time and epoch are kept in ``first_step`` (for ``startup_seconds``).
         """
+        if self.first_step is None:
+            self.first_step = (epoch, time.time())
         if self._lazy and self._warming is None:
             self._warming = threading.Thread(target=self._warm_up, name="mltrain-mlflow-warm-up", daemon=True)
             self._warming.start()
@@ -165,7 +170,7 @@ class RunTracker:
                 run_name=self.run_name if self.run_id is None else None,
                 nested=active is not None,
                 parent_run_id=self.parent_run_id if self.run_id is None else None,
-                log_system_metrics=self.system_metrics,
+                log_system_metrics=False,  # sampled below, as for an attached run
                 tags=self.tags or None,
             )
         except mlflow.exceptions.MlflowException as exc:
@@ -175,6 +180,7 @@ class RunTracker:
         self.experiment_id = run.info.experiment_id
         self._owns_run = True
         self._active = True
+        self._sample_machine()
         return self.run_id
 
     def _attach(self) -> None:
@@ -184,9 +190,10 @@ class RunTracker:
             where = self._client.tracking_uri
             raise TrackingError(f"could not attach to run {self.run_id} at {where}: {exc}") from None
         self._active = True
+        self._sample_machine()  # this process's machine: a Ray worker's node rather than the driver's
+
+    def _sample_machine(self) -> None:
         if self.system_metrics:
-            # This process's machine, into the run: a Ray worker's node rather than the driver's. Steps go on
-            # from the run's last sample, so a restarted worker does not log step 0 again.
             self._monitor = _system_monitor(self.run_id, self._client.tracking_uri)
             self._monitor.start()
 
@@ -457,10 +464,11 @@ def _pip_requirements() -> list[str]:
 
 
 def _system_monitor(run_id: str, tracking_uri: str) -> Any:
-    """MLflow's system-metrics monitor for an attached run that logs at least one sample, however short.
+    """MLflow's system-metrics monitor, logging at least one sample into the run however short the process.
 
     MLflow's monitor publishes after its sampling interval and drops what it holds when stopped, so a
-    process that trains for less than the interval would leave no trace of its machine in the run.
+    process that trains for less than the interval would leave no trace of its machine in the run. Steps go
+    on from the run's last sample: a resumed training or a restarted Ray worker does not log step 0 again.
     """
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -482,5 +490,4 @@ def _system_monitor(run_id: str, tracking_uri: str) -> Any:
             except Exception as exc:  # the run keeps its training metrics; only this sample is missing
                 log.warning("could not log a system-metrics sample for run %s: %s", run_id, exc)
 
-    # Steps go on from the run's last sample, so a restarted worker does not log step 0 again.
     return AtLeastOnce(run_id, resume_logging=True, tracking_uri=tracking_uri)
