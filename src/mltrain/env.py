@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,6 +152,20 @@ def is_rank_zero() -> bool:
     set, so the check must happen before anything creates an MLflow run.
     """
     return all(os.environ.get(name, "0") == "0" for name in _RANK_VARIABLES)
+
+
+def process_started_at() -> float:
+    """When this process started, on the ``time.time()`` scale: to 10 ms on Linux (psutil's ``create_time``
+    counts from the boot time in whole seconds), else psutil's."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+            since_boot = float(uptime.read().split()[0])
+        return time.time() - (since_boot - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        import psutil
+
+        return psutil.Process().create_time()
 
 
 def inside_ray_job() -> bool:

@@ -15,7 +15,7 @@ WORKERS = "workers"
 TRACKING_BLOCKED = "tracking_blocked_seconds"
 """Seconds the training loop spent in MLflow calls since the previous epoch (logging is queued: near 0)."""
 STARTUP = "startup_seconds"
-"""Seconds from the command's start (from Python: the ``train()`` call) to the first training step, logged by
+"""Seconds from the command's start (from Python: the ``train()`` call) to the first training batch, logged by
 the local engines at the first epoch they train (the step of a resume's first epoch, on resume)."""
 TEST_LOSS = "test_loss"
 TEST_ACCURACY = "test_accuracy"

@@ -1,5 +1,9 @@
 """The command line's contract: usage errors exit 2 with one message, never a traceback."""
 
+import subprocess
+import sys
+import time
+
 import pytest
 
 from mltrain.cli import SUBCOMMANDS, app, main
@@ -21,3 +25,12 @@ def test_every_subcommand_has_an_example_in_its_help() -> None:
     for _group, name, function in SUBCOMMANDS:
         assert "Example" in (function.__doc__ or ""), name
     assert app.info.name == "mltrain"
+
+
+def test_the_process_start_is_known_to_the_hundredth_of_a_second() -> None:
+    # startup_seconds counts from it; psutil's create_time is off by up to a second (boot time in whole seconds).
+    probe = "import time; from mltrain import env; print(time.time() - env.process_started_at())"
+    launched = time.time()
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    age = float(done.stdout)
+    assert -0.02 < age < time.time() - launched + 0.02, (age, time.time() - launched)

@@ -1,4 +1,5 @@
 import sys
+import threading
 import time
 
 import mlflow
@@ -186,7 +187,9 @@ def test_a_worker_shorter_than_the_sampling_interval_still_samples_its_machine(
         assert sorted(point.step for point in history) == steps
 
 
-def test_the_helper_creates_the_run_and_the_tracker_attaches_at_first_use() -> None:
+def test_the_helper_creates_the_run_and_the_tracker_attaches_once_mlflow_is_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     starter = RunStarter("helped", None)
     try:
         created = starter.create({"mltrain.engine": "torch"}, run_name="first")
@@ -200,17 +203,22 @@ def test_the_helper_creates_the_run_and_the_tracker_attaches_at_first_use() -> N
     assert "mlflow.user" in run.data.tags  # the context tags mlflow.start_run would set
 
     recorded: list[str] = []
+    loaded = threading.Event()
+    monkeypatch.setattr(RunTracker, "_warm_up", lambda self: loaded.wait(60))  # MLflow "loads" until told
     tracker = RunTracker(experiment="helped", run_id=created.run_id, system_metrics=False, lazy=True)
     with tracker:
         tracker.when_started(lambda: recorded.append("start records"))
         tracker.when_started(lambda: tracker.log_params({"lr": 0.1}))
-        assert recorded == []  # nothing needed the run yet
         tracker.training_started(0)  # MLflow loads behind the loop from now on
-        tracker.log_epoch(0, {"val_loss": 1.0})  # the first call that needs the run attaches to it
+        tracker.log_epoch(0, {"val_loss": 1.0})  # still loading: the epoch is kept, the loop does not wait
+        assert recorded == [] and not MlflowClient().get_metric_history(created.run_id, "val_loss")
+        loaded.set()
+        time.sleep(0.5)
+        tracker.log_epoch(1, {"val_loss": 0.9})  # loaded: attaches, records the start, sends both epochs
         assert recorded == ["start records"]
     run = MlflowClient().get_run(created.run_id)
     assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
-    assert [m.step for m in MlflowClient().get_metric_history(created.run_id, "val_loss")] == [0]
+    assert [m.step for m in MlflowClient().get_metric_history(created.run_id, "val_loss")] == [0, 1]
     assert tracker.blocked_seconds > 0  # attaching is counted as time the loop waited for tracking
 
 

@@ -79,8 +79,7 @@ def train(
       mltrain train --engine ray --workers 2 --data Food-11
       mltrain train --engine ray --workers 1-2 --resize-interval 30 --data Food-11
     """
-    import psutil
-
+    from mltrain import env
     from mltrain.config import parse_workers
     from mltrain.errors import TrainingInterrupted
     from mltrain.training import train as run_training
@@ -107,7 +106,7 @@ def train(
             resume=resume,
             address=address,
             progress=progress,
-            launched_at=psutil.Process().create_time(),  # startup_seconds counts from the command's start
+            launched_at=env.process_started_at(),  # startup_seconds counts from the command's start
         )
     except (KeyboardInterrupt, TrainingInterrupted) as exc:
         hint = getattr(exc, "resume_hint", None)

@@ -175,6 +175,8 @@ class TorchRecipe:
             total=len(self.train_loader), desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=self._no_bar()
         )
         for step, (images, labels) in enumerate(timed_batches(self.train_loader, stats)):
+            if step == 0:
+                self.tracker.training_started(epoch)  # the first batch is here
             inputs = to_model_input(images, self.device, channels_last=self.config.channels_last)
             labels = labels.to(self.device, non_blocking=True)
             with autocast(self.device, self.amp_dtype):
@@ -186,8 +188,6 @@ class TorchRecipe:
             self.scaler.update()
             stats.update(loss, logits, labels)
             bar.update(1)
-            if step == 0:
-                self.tracker.training_started(epoch)
         bar.close()
         return stats
 

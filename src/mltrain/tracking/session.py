@@ -50,7 +50,8 @@ class RunTracker:
         lazy: ``run_id`` is a run just created for this tracker (by :class:`~mltrain.tracking.starter.RunStarter`):
             MLflow is loaded in a background thread once the loop runs (:meth:`training_started`), and the
             run is attached, and what :meth:`when_started` registered is logged, at the first call that needs
-            it (the first epoch's end) — so MLflow's import is not between the command and the first step.
+            it once MLflow has loaded (an epoch's end; the run's end at the latest) — so MLflow's import is
+            not between the command and the first step, nor does an epoch wait for it.
     """
 
     def __init__(
@@ -90,8 +91,9 @@ class RunTracker:
         self._lazy = lazy and enabled and run_id is not None
         self._on_start: list[Callable[[], None]] = []
         self._warming: threading.Thread | None = None
+        self._held: list[tuple[int, dict[str, float]]] = []  # epochs logged while MLflow was still loading
         self.first_step: tuple[int, float] | None = None
-        """(epoch, time.time()) of the training's first step in this process, once the engine has said so."""
+        """(epoch, time.time()) of the training's first batch in this process, once the engine has said so."""
         self._logged: dict[str, set[int]] = {}
         self._owns_run = False
         self._active = False
@@ -107,7 +109,7 @@ class RunTracker:
             callback()
 
     def training_started(self, epoch: int) -> None:
-        """The loop took its first step (in ``epoch``): a lazy tracker now loads MLflow in the background.
+        """The loop has its first batch (in ``epoch``): a lazy tracker now loads MLflow in the background.
 
         Not before: on a small machine that work would compete with building the model and the first batch.
         The first call's time and epoch are kept in ``first_step`` (for ``startup_seconds``).
@@ -139,6 +141,9 @@ class RunTracker:
         callbacks, self._on_start = self._on_start, []
         for callback in callbacks:
             callback()
+        held, self._held = self._held, []
+        for epoch, values in held:
+            self.log_metrics(values, step=epoch)
         return True
 
     def start(self) -> str | None:
@@ -267,7 +272,15 @@ class RunTracker:
 
     def log_epoch(self, epoch: int, values: Mapping[str, float]) -> None:
         """Log one epoch's metrics at ``step=epoch``, plus ``tracking_blocked_seconds``: the seconds the training
-        loop spent in tracking calls since the previous epoch was logged (what tracking cost this epoch)."""
+        loop spent in tracking calls since the previous epoch was logged (what tracking cost this epoch).
+
+        A lazy tracker whose MLflow is still loading behind the loop keeps the epoch and sends it once attached
+        (at the next epoch, or the run's end) rather than waiting for it.
+        """
+        if self._lazy and self._warming is not None and self._warming.is_alive():
+            self._held.append((epoch, {**values, TRACKING_BLOCKED: self.blocked_seconds - self._blocked_mark}))
+            self._blocked_mark = self.blocked_seconds
+            return
         if not self._live():  # this attaches a lazy tracker: that time counts as this epoch's
             return
         blocked = self.blocked_seconds - self._blocked_mark

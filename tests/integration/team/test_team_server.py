@@ -36,6 +36,12 @@ def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
+def _a_running_run_has_epochs(client: MlflowClient) -> bool:
+    experiment = client.get_experiment_by_name(metrics.EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'") if experiment else []
+    return any(metrics.VAL_LOSS in run.data.metrics for run in runs)
+
+
 @pytest.fixture
 def finished_run(team_env: dict[str, str], tiny_data: Path) -> str:
     """A FINISHED training run on the server: an earlier test's, or a fresh one."""
@@ -136,8 +142,14 @@ def test_training_keeps_training_through_a_server_outage(
 
     reader = threading.Thread(target=read_stdout, daemon=True)
     reader.start()
+    client = MlflowClient()
     try:
         assert first_epoch.wait(timeout=180), "".join(line for _, line in lines)
+        # ... and the process attached to its run (it does so once MLflow has loaded behind the loop).
+        deadline = time.monotonic() + 120
+        while not _a_running_run_has_epochs(client):
+            assert time.monotonic() < deadline and trainer.poll() is None, "".join(line for _, line in lines)
+            time.sleep(0.2)
         tracking_server.kill()
         killed_at = time.monotonic()
         time.sleep(outage)
@@ -172,15 +184,20 @@ def test_training_keeps_training_through_a_server_outage(
         assert pace_during <= 2 * pace_before + 0.5, (pace_before, pace_during)
 
     run_id = _run_id(stdout)
-    client = MlflowClient()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     for key in metrics.EPOCH_METRICS:
         assert _steps(client, run_id, key) == list(range(epochs)), key
     for key in metrics.FINAL_METRICS:
         assert len(client.get_metric_history(run_id, key)) == 1, key
-    blocked = [m.value for m in client.get_metric_history(run_id, metrics.TRACKING_BLOCKED)]
-    assert len(blocked) == epochs and max(blocked) < 2.0, blocked
+    history = sorted(client.get_metric_history(run_id, metrics.TRACKING_BLOCKED), key=lambda m: m.step)
+    blocked = [m.value for m in history]
+    # One early epoch attaches this process to the run the start-up helper created and sends the run's start
+    # records (params, gpu-info, config, dataset): a one-off cost that start-up no longer pays. Every other
+    # epoch, the outage's included, stays a blink.
+    attach = max(range(len(blocked)), key=blocked.__getitem__)
+    assert len(blocked) == epochs and attach < 5, blocked
+    assert all(value < 2.0 for epoch, value in enumerate(blocked) if epoch != attach), blocked
     # The system-metrics thread waited out the outage (its requests retried too) and ended with the run.
     assert client.get_metric_history(run_id, "system/cpu_utilization_percentage")
     assert "Failed to get mlflow run" not in stderr and "Failed to log system metrics" not in stderr, stderr

@@ -280,11 +280,11 @@ class EpochEnd(Checkpoint):
         # DDP workers of a new run do not know its id (nor the folder named after it): rank 0's folder counts.
         self.dirpath = Path(trainer.strategy.broadcast(str(self.dirpath)))
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if batch_idx == 0:
-            self.tracker.training_started(trainer.current_epoch)
+            self.tracker.training_started(trainer.current_epoch)  # the first batch is here
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
