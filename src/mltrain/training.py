@@ -121,6 +121,7 @@ def train(
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
     launched_at: float | None = None,
+    run_id: str | None = None,
 ) -> TrainResult:
     """Train a Food-11 classifier and track it in MLflow.
 
@@ -146,14 +147,18 @@ def train(
         tags: Extra tags for a new run (e.g. the Tune trial it belongs to).
         launched_at: When the command started (``time.time()``): where ``startup_seconds`` counts from;
             default: this call.
+        run_id: Train from the start in this existing run, which holds no epoch yet, instead of a new run
+            (a Tune trial retried after its first attempt was lost before its first epoch).
     """
+    if run_id is not None and resume is not None:
+        raise ConfigError("run_id starts an existing run from scratch; resume continues a checkpoint's run: not both")
     started = time.perf_counter()
     launched = time.time() if launched_at is None else launched_at
     plan = _plan(config, overrides, config_file, data_dir, resume)
     # Lightning's DDP launcher re-runs this call for ranks 1..N-1 with its rank variables set: read them
     # once, here; below, the rank travels explicitly (the tracker is enabled on rank 0 only).
     rank_zero = env.is_rank_zero()
-    run = _RunSpec(experiment, tracking_uri, run_name, parent_run_id, dict(tags or {}))
+    run = _RunSpec(experiment, tracking_uri, run_name, parent_run_id, dict(tags or {}), run_id)
     starter = _run_starter(plan, run, rank_zero)
     try:
         _check_before_run(plan)
@@ -205,7 +210,9 @@ def _run_starter(plan: _Plan, spec: _RunSpec, rank_zero: bool) -> Any:
     engine, on rank 0, in a process that has not imported MLflow yet (one that has may also have a run
     active, or a tracking URI set in code, which only it knows). See :mod:`mltrain.tracking.starter`.
     """
-    if not rank_zero or plan.checkpoint is not None or plan.config.engine == "ray" or "mlflow" in sys.modules:
+    if not rank_zero or plan.checkpoint is not None or spec.run_id is not None or plan.config.engine == "ray":
+        return None
+    if "mlflow" in sys.modules:
         return None
     from mltrain.tracking.starter import RunStarter
 
@@ -270,6 +277,8 @@ class _RunSpec:
     run_name: str | None
     parent_run_id: str | None
     tags: dict[str, str]
+    run_id: str | None = None
+    """An existing run with no epoch yet to train in, instead of creating one."""
 
 
 def _run(
@@ -296,7 +305,7 @@ def _run(
     tracker = RunTracker(
         experiment=spec.experiment,
         tracking_uri=spec.tracking_uri,
-        run_id=created.run_id if created else checkpoint["state"].run_id if checkpoint else None,
+        run_id=created.run_id if created else checkpoint["state"].run_id if checkpoint else spec.run_id,
         run_name=spec.run_name,
         enabled=rank_zero,
         # A Ray training's machine is its rank-0 worker's node: that worker samples it into the run.

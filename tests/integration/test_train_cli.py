@@ -198,3 +198,37 @@ def test_bad_files_are_skipped_and_counted(tiny_copy: Path) -> None:
     for name in ("corrupt.jpg", "empty.jpg", "notes.txt"):
         assert name in done.stderr  # each skipped file is named in a warning
     assert "skipped images 3" in done.stdout
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 2 MB tmpfs: room for the tiny set's 64 px cache (1.1 MB), not for its 160 px training split (3.4 MB)."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.mark.timeout(300)
+def test_a_full_disk_is_a_clear_error_before_any_run(tiny_data: Path, small_disk: Path) -> None:
+    cache = small_disk / "cache"
+    env = {"MLTRAIN_CACHE_DIR": str(cache)}
+    done = run_cli("train", "--data", str(tiny_data), *TINY_TRAIN, "--set", "image_size=160", "--no-progress", env=env)
+    # Before, the cache file was sparse: the write that found the disk full killed the process with SIGBUS.
+    assert done.returncode == 2, done.stderr
+    assert "no room on disk for the image cache" in done.stderr and "MLTRAIN_CACHE_DIR" in done.stderr, done.stderr
+    assert not list(cache.rglob("images.u8")) and not list(cache.rglob("*.tmp"))
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(metrics.EXPERIMENT)
+    assert experiment is None or not client.search_runs([experiment.experiment_id])
+
+    # The same disk holds the 64 px cache, not the 128 MB hue tables: the training runs on PIL's hue.
+    done = run_cli("train", "--data", str(tiny_data), *TINY_TRAIN, "--no-progress", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "using PIL's slower hue conversion" in done.stderr and "no room on disk for the hue tables" in done.stderr
+    assert _only_run().info.status == "FINISHED"

@@ -38,6 +38,21 @@ def test_train_api_end_to_end(tiny_data: Path) -> None:
     assert f"run {result.run_id}" in result.summary() and "test_accuracy" in result.summary()
 
 
+def test_train_from_the_start_in_an_existing_run(tiny_data: Path) -> None:
+    # What a retried Tune trial does when its lost attempt had created its run but logged no epoch.
+    client = MlflowClient()
+    experiment = client.create_experiment(metrics.EXPERIMENT)
+    run_id = client.create_run(experiment, tags={"mltrain.tune.trial_id": "t1"}).info.run_id
+    client.set_terminated(run_id, "FAILED")
+    result = train(TrainConfig(**TINY), data_dir=tiny_data, progress=False, run_id=run_id)
+    assert result.run_id == run_id and len(client.search_runs([experiment])) == 1
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["mltrain.tune.trial_id"] == "t1"
+    assert _history(run_id, metrics.VAL_LOSS) == [0, 1]
+    with pytest.raises(ConfigError, match="not both"):
+        train(TrainConfig(**TINY), data_dir=tiny_data, progress=False, run_id=run_id, resume=result.checkpoint)
+
+
 def test_interrupted_training_resumes_exactly(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The reference: 4 epochs without a stop.
     reference = train(TrainConfig(**{**TINY, "total_epochs": 4}), data_dir=tiny_data, progress=False)

@@ -163,3 +163,37 @@ def test_the_best_trial_is_ranked_by_the_last_value_then_by_epochs(mode: str, be
     table = result.table().splitlines()
     assert table[0].split() == ["trial", "run", "lr", "val_accuracy", "epochs", "status"]
     assert "ASHA stopped it at epoch 1" in result.table() and "tune_compute_fraction 0.650" in result.summary()
+
+
+def test_a_retried_trial_keeps_its_run_when_the_lost_attempt_logged_no_epoch(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from mltrain import metrics
+    from mltrain.launch.ray import RUN_NAME_TAG
+
+    client = MlflowClient()
+    experiment = client.create_experiment("search")
+    parent = client.create_run(experiment).info.run_id
+    config = TrainConfig(engine="ray", output_dir=str(tmp_path / "outputs"))
+    job = tune.TrialJob(config.model_dump(), str(tmp_path), "search", client.tracking_uri, parent)
+
+    def trial_run(trial_id: str) -> str:
+        tags = {"mlflow.parentRunId": parent, tune.TRIAL_TAG: trial_id, RUN_NAME_TAG: f"never-reported-{trial_id}"}
+        return client.create_run(experiment, tags=tags).info.run_id
+
+    assert tune._earlier_attempt(job, "t0", config) == (None, None)  # a first attempt
+
+    # Lost before its first epoch (here it raised: the run has the error): the retry trains in the same run.
+    quiet = trial_run("t1")
+    client.set_tag(quiet, "mltrain.error", "OperationalError: database is locked")
+    client.set_terminated(quiet, "FAILED")
+    assert tune._earlier_attempt(job, "t1", config) == (None, quiet)
+    tags = client.get_run(quiet).data.tags
+    assert tags[tune.LOST_ATTEMPTS_TAG] == "1" and "database is locked" in tags["mltrain.tune.lost_attempt.1"]
+    assert "mltrain.error" not in tags
+
+    # Lost after logging epochs but before Ray registered a checkpoint: that run ends FAILED, the retry starts anew.
+    logged = trial_run("t2")
+    client.log_metric(logged, metrics.VAL_LOSS, 2.3, step=0)
+    assert tune._earlier_attempt(job, "t2", config) == (None, None)
+    assert client.get_run(logged).info.status == "FAILED"

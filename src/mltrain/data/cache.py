@@ -10,6 +10,7 @@ file is detected and rebuilt.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -26,6 +27,8 @@ from tqdm.auto import tqdm
 
 from mltrain.data.images import BadImageError, decode_square
 from mltrain.data.layout import Sample
+from mltrain.env import CACHE_DIR_VAR
+from mltrain.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +158,7 @@ def _build(
     data_path = entry / "images.u8"
     count = len(samples)
     # Preallocate so that workers can write their slots directly; an empty split still gets a file.
-    with open(data_path, "wb") as handle:
-        handle.truncate(max(count * size * size * 3, 0))
+    reserve(data_path, count * size * size * 3, "the image cache")
     paths = [str(sample.path) for sample in samples]
     chunks = [(str(data_path), count, size, start, paths[start : start + _CHUNK]) for start in range(0, count, _CHUNK)]
     failures: dict[int, str] = {}
@@ -197,6 +199,27 @@ def _build(
         valid=np.asarray(meta["valid"], dtype=np.int64),
         skipped=meta["skipped"],
     )
+
+
+def reserve(path: Path, nbytes: int, what: str) -> None:
+    """Create ``path`` with ``nbytes`` of disk blocks allocated now, for writing through a memory map.
+
+    A file only truncated to size is sparse: when the disk fills up, a write through its memory map kills
+    the process with SIGBUS. Allocated up front, a full disk is an error here, before any work is done.
+    """
+    with open(path, "wb") as handle:
+        if nbytes <= 0:
+            return
+        try:
+            os.posix_fallocate(handle.fileno(), 0, nbytes)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            path.unlink(missing_ok=True)
+            raise DataError(
+                f"no room on disk for {what} ({nbytes / 1e6:.0f} MB) at {path.parent}: free some space, or "
+                f"put the cache on a disk that has it (--set cache_dir=... or {CACHE_DIR_VAR})"
+            ) from exc
 
 
 def _decode_chunk(task: tuple[str, int, int, int, list[str]]) -> tuple[int, dict[int, str]]:

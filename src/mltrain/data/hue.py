@@ -14,6 +14,7 @@ not turn the tables into copy-on-write pages of the training process.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -26,6 +27,9 @@ import PIL
 from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from mltrain.data.cache import reserve
+from mltrain.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +54,14 @@ def ensure_hue_tables(cache_root: Path) -> Path | None:
     path = tables_path(cache_root)
     if _valid(path):
         return path
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         _build(partial)
         partial.replace(path)  # atomic: a reader sees no file or a whole one
-    except OSError as exc:
+    except (OSError, DataError) as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
         log.warning("cannot write the hue tables to %s (%s); using PIL's slower hue conversion", path, exc)
         return None
     return path
@@ -106,7 +112,8 @@ def _convert(codes: np.ndarray, source: str, target: str) -> np.ndarray:
 
 
 def _build(path: Path) -> None:
-    out = np.memmap(path, dtype="<u4", mode="w+", shape=(2, _VALUES))
+    reserve(path, 2 * _VALUES * 4, "the hue tables")
+    out = np.memmap(path, dtype="<u4", mode="r+", shape=(2, _VALUES))
     chunk = _SIDE * _ROWS_PER_CHUNK
     for start in range(0, _VALUES, chunk):
         codes = np.arange(start, start + chunk, dtype=np.uint32)

@@ -27,6 +27,7 @@ import contextvars
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -131,6 +132,7 @@ def ray_session(config: TrainConfig, address: str | None = None, dashboard: bool
             yield target
         finally:
             ray.shutdown()
+            sweep_scratch()  # workers this host's Ray killed (trials Tune stopped) could not remove their own
 
 
 def _embedded_dashboard(wanted: bool) -> dict[str, Any]:
@@ -271,6 +273,7 @@ def fit(
     try:
         result = _fit_interruptibly(trainer, _PlacementWatch(config, tracker))
     except BaseException as exc:
+        sweep_scratch()
         kept = _bring_back(f"{storage_path}/{run_name}", filesystem, folder)
         if isinstance(exc, Exception) and type(exc).__module__.startswith("ray."):
             where = (
@@ -280,6 +283,7 @@ def fit(
             )
             raise TrainingFailed(f"Ray Train gave up after {config.max_failures} restart(s): {exc}\n{where}") from exc
         raise
+    sweep_scratch()  # what workers killed on this host (a lost node, a restart) left behind
     if result.checkpoint is not None:
         result.checkpoint.to_directory(str(folder))
     final = result.metrics or {}
@@ -498,7 +502,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     config = TrainConfig.from_mapping(loop_config["config"])
-    local = Path(tempfile.mkdtemp(prefix=f"mltrain-{loop_config['run_id'][:12]}-rank{rank}-"))
+    local = _scratch_folder(loop_config["run_id"], rank)
     resume, source = _restore(local, loop_config)
     data = Food11Data(_worker_data_dir(loop_config["data_dir"]), config, progress=False).setup()
     tracker = RunTracker(
@@ -544,6 +548,46 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(str(local)) if rank == 0 else None)
     finally:
         shutil.rmtree(local, ignore_errors=True)
+
+
+def _scratch_root() -> Path:
+    return Path(tempfile.gettempdir()) / f"mltrain-scratch-{os.getuid()}"
+
+
+def _scratch_folder(run_id: str, rank: int) -> Path:
+    """A worker's own folder for the checkpoints it writes before Ray uploads them; named by its process.
+
+    The worker removes it when it ends. A worker that is killed (its node lost, its trial stopped by ASHA)
+    cannot: the next worker or driver on this host removes it (:func:`sweep_scratch`).
+    """
+    root = _scratch_root()
+    root.mkdir(mode=0o700, exist_ok=True)
+    sweep_scratch()
+    return Path(tempfile.mkdtemp(prefix=f"{run_id[:12]}-rank{rank}-pid{os.getpid()}-", dir=root))
+
+
+def sweep_scratch() -> list[Path]:
+    """Remove the scratch folders of worker processes on this host that are gone; returns what it removed.
+
+    They hold only copies: every checkpoint in them was uploaded to the run's storage when it was reported.
+    """
+    removed = []
+    for folder in sorted(_scratch_root().glob("*-pid*-*")):
+        found = re.search(r"-pid(\d+)-", folder.name)
+        if found and not _process_alive(int(found.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _strategy(config: TrainConfig) -> Any:

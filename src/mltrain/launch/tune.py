@@ -22,7 +22,8 @@ Who does what:
 Failures: inside a trial, Ray Train restarts a lost worker from the trial's last checkpoint (the config's
 ``max_failures``, as for ``train --engine ray``). If the trial's own actor is lost (its node died), Tune
 retries the trial (``FailureConfig(max_failures)``); the retry finds the trial's child run and resumes it from
-its last checkpoint, in the same run.
+its last checkpoint, in the same run. An attempt lost before its first epoch leaves no checkpoint: the retry
+trains from the start in that same run (``mltrain.tune.lost_attempts`` counts such attempts).
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ STOPPED_AT_TAG = "mltrain.tune.stopped_at_epoch"
 """Child-run tag: the epochs the trial had reported when ASHA stopped it."""
 EPOCHS_TAG = "mltrain.tune.epochs_run"
 """Child-run tag: the epochs the trial ran (what its metrics show)."""
+LOST_ATTEMPTS_TAG = "mltrain.tune.lost_attempts"
+"""Child-run tag: attempts of the trial that ended before their first epoch (each described in
+``mltrain.tune.lost_attempt.<n>``); the retry trained from the start in the same run."""
 COMPUTE_FRACTION = "tune_compute_fraction"
 """Parent-run metric: trial-epochs run / (samples x max epochs); 1.0 without early stopping."""
 TRIAL_EPOCHS = "tune_trial_epochs"
@@ -523,6 +527,10 @@ def _run_search(
             interrupted = isinstance(exc, KeyboardInterrupt | TrainingInterrupted)
             _end_open_children(client, tracker, "KILLED" if interrupted else "FAILED")
             raise
+        finally:
+            from mltrain.launch.ray import sweep_scratch
+
+            sweep_scratch()  # the scratch folders of trials' workers that were stopped (killed) on this host
         result = _summarize(plan, tracker, trials, experiment, started)
         _log_outcome(tracker, plan, result)
     result.tracking_uri = mlflow.get_tracking_uri()
@@ -879,7 +887,7 @@ def run_trial(values: dict[str, Any], job: TrialJob) -> None:
     context = ray_tune.get_context()
     trial_id = context.get_trial_id()
     config = TrainConfig.from_mapping({**job.config, **{key: _plain(value) for key, value in values.items()}})
-    resume = _earlier_attempt(job, trial_id, config)
+    resume, run_id = _earlier_attempt(job, trial_id, config)
     with run_config_callbacks(EpochReports()):
         train(
             config,
@@ -888,17 +896,20 @@ def run_trial(values: dict[str, Any], job: TrialJob) -> None:
             tracking_uri=job.tracking_uri,
             run_name=f"trial-{trial_id}",
             resume=resume,
+            run_id=run_id,
             progress=False,
             parent_run_id=job.parent_run_id,
             tags={**job.tags, TRIAL_TAG: trial_id},
         )
 
 
-def _earlier_attempt(job: TrialJob, trial_id: str, config: TrainConfig) -> Path | None:
-    """When Tune retries a trial (its actor or node was lost): the checkpoint of the trial's run, to resume it.
+def _earlier_attempt(job: TrialJob, trial_id: str, config: TrainConfig) -> tuple[Path | None, str | None]:
+    """When Tune retries a trial (its actor or node was lost, or it raised): how the retry goes on.
 
-    Returns None for a first attempt. An earlier attempt that never reported a checkpoint is ended FAILED and
-    the retry starts a new run.
+    Returns ``(checkpoint folder, None)`` to resume the trial's run from its checkpoint; ``(None, run_id)`` to
+    train from the start in the trial's run, when the lost attempt logged no epoch (so the trial stays one run,
+    each epoch logged once); ``(None, None)`` for a first attempt. An earlier attempt that logged epochs but
+    registered no checkpoint is ended FAILED, and the retry starts a new run.
     """
     from mlflow.tracking import MlflowClient
 
@@ -915,15 +926,24 @@ def _earlier_attempt(job: TrialJob, trial_id: str, config: TrainConfig) -> Path 
         max_results=1,
     )
     if not found:
-        return None
+        return None, None
     run = found[0]
     folder = Path(config.output_dir) / run.info.run_id
     storage_path, filesystem, _ = storage_for(config)
     name = run.data.tags.get(RUN_NAME_TAG)
     if name and _bring_back(f"{storage_path}/{name}", filesystem, folder):
         print(f"trial {trial_id}: resuming run {run.info.run_id} from its checkpoint", flush=True)
-        return folder
+        return folder, None
+    lost = int(run.data.tags.get(LOST_ATTEMPTS_TAG, "0")) + 1
+    if not any(key in run.data.metrics for key in metrics.EPOCH_METRICS):
+        reason = run.data.tags.get("mltrain.error", "its process was lost")
+        client.set_tag(run.info.run_id, LOST_ATTEMPTS_TAG, str(lost))
+        client.set_tag(run.info.run_id, f"mltrain.tune.lost_attempt.{lost}", reason[-4000:])
+        with contextlib.suppress(Exception):  # the tag is absent when the attempt's process was lost
+            client.delete_tag(run.info.run_id, "mltrain.error")
+        print(f"trial {trial_id}: run {run.info.run_id} starts again (its last attempt had no epoch)", flush=True)
+        return None, run.info.run_id
     if run.info.status == "RUNNING":
         client.set_tag(run.info.run_id, "mltrain.end_reason", "lost before its first checkpoint; retried")
         client.set_terminated(run.info.run_id, "FAILED")
-    return None
+    return None, None

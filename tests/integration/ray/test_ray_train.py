@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from mltrain import metrics
 from mltrain.engines.checkpoint import load_checkpoint
+from mltrain.launch.ray import _scratch_root
 from tests.helpers import MLTRAIN, TINY_TRAIN, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
@@ -137,6 +138,12 @@ def test_failover_to_the_other_node_continues_the_same_run(tiny_data: Path, ray_
     # ... on the other node.
     restarted = [actor for actor in _actors(cluster, "RayTrainWorker") if actor.node_id != worker.node_id]
     assert restarted and {names.get(actor.node_id) for actor in restarted} == {f"worker-{1 - lost}"}
+    # The killed worker could not remove its scratch folder (≈ 70 MB); the driver, on this host, did.
+    assert not _scratch_of(run_id)
+
+
+def _scratch_of(run_id: str) -> list[Path]:
+    return list(_scratch_root().glob(f"{run_id[:12]}-*"))
 
 
 def _training_worker_pids(driver: psutil.Process) -> list[int]:
@@ -218,6 +225,7 @@ def test_s3_checkpoints_restart_and_a_run_beyond_max_failures_fails_then_resumes
         run = MlflowClient().get_run(run_id)
         assert run.info.status == "FINISHED" and len(_runs()) == 1
         _assert_each_epoch_once(run_id, epochs)
+        assert not _scratch_of(run_id)  # two workers were killed; their folders went too
     finally:
         server.stop()
 

@@ -59,8 +59,13 @@ def test_asha_search_makes_one_finished_child_per_trial_and_saves_compute(tiny_d
     runs = _runs()
     [parent] = [run for run in runs if PARENT not in run.data.tags]
     children = [run for run in runs if run.data.tags.get(PARENT) == parent.info.run_id]
-    assert len(runs) == 1 + samples and len(children) == samples
-    assert {run.info.status for run in runs} == {"FINISHED"}
+    described = "\n".join(
+        f"{run.info.run_id[:8]} {run.info.status} {run.info.run_name} {run.data.tags.get(TRIAL_TAG)} "
+        f"{run.data.tags.get('mltrain.error', '')[-300:]}"
+        for run in runs
+    )
+    assert len(runs) == 1 + samples and len(children) == samples, described + "\n" + done.stdout[-6000:]
+    assert {run.info.status for run in runs} == {"FINISHED"}, described
     assert len({child.data.tags[TRIAL_TAG] for child in children}) == samples
     assert len({child.data.params["lr"] for child in children}) == samples
 
