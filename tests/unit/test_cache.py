@@ -83,3 +83,24 @@ def test_damaged_cache_is_detected_and_rebuilt(tiny_data: Path, tmp_path: Path, 
         (entry / "meta.json").write_text("{not json")
     rebuilt = load_or_build(samples, SIZE, entry, progress=False)
     assert np.array_equal(np.array(rebuilt.open()), good)
+
+
+def test_reserve_allocates_the_blocks_or_falls_back_to_a_sparse_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from mltrain.data import cache
+
+    allocated = tmp_path / "allocated.u8"
+    cache.reserve(allocated, 1 << 20, "a test file")
+    assert allocated.stat().st_size == 1 << 20 and allocated.stat().st_blocks * 512 >= 1 << 20  # not sparse
+
+    def unsupported(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    sparse = tmp_path / "sparse.u8"
+    cache.reserve(sparse, 1 << 20, "a test file")  # a file system without fallocate: the old sparse file
+    assert sparse.stat().st_size == 1 << 20

@@ -213,6 +213,9 @@ def reserve(path: Path, nbytes: int, what: str) -> None:
         try:
             os.posix_fallocate(handle.fileno(), 0, nbytes)
         except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # a file system that cannot: sparse
+                handle.truncate(nbytes)
+                return
             if exc.errno != errno.ENOSPC:
                 raise
             path.unlink(missing_ok=True)
