@@ -163,7 +163,7 @@ def train(
     try:
         _check_before_run(plan)
         with _launcher(plan.config, address):
-            return _run(plan, run, progress, rank_zero, (launched, started), starter)
+            return _run(plan, run, progress, rank_zero, starter, launched=launched, started=started)
     finally:
         if starter is not None:
             starter.close()  # it exits; without a run, if the training stopped before creating one
@@ -210,9 +210,8 @@ def _run_starter(plan: _Plan, spec: _RunSpec, rank_zero: bool) -> Any:
     engine, on rank 0, in a process that has not imported MLflow yet (one that has may also have a run
     active, or a tracking URI set in code, which only it knows). See :mod:`mltrain.tracking.starter`.
     """
-    if not rank_zero or plan.checkpoint is not None or spec.run_id is not None or plan.config.engine == "ray":
-        return None
-    if "mlflow" in sys.modules:
+    existing_run = plan.checkpoint is not None or spec.run_id is not None
+    if not rank_zero or existing_run or plan.config.engine == "ray" or "mlflow" in sys.modules:
         return None
     from mltrain.tracking.starter import RunStarter
 
@@ -282,9 +281,10 @@ class _RunSpec:
 
 
 def _run(
-    plan: _Plan, spec: _RunSpec, progress: bool, rank_zero: bool, started: tuple[float, float], starter: Any
+    plan: _Plan, spec: _RunSpec, progress: bool, rank_zero: bool, starter: Any, *, launched: float, started: float
 ) -> TrainResult:
-    """Data, run, engine, summary. ``started``: (``time.time()`` at launch, ``time.perf_counter()`` at the call)."""
+    """Data, run, engine, summary. ``launched``: ``time.time()`` at the command's start; ``started``:
+    ``time.perf_counter()`` at the ``train()`` call."""
     from mltrain.data.module import Food11Data
     from mltrain.engines import get_fit
     from mltrain.evaluation import record_class_report
@@ -325,7 +325,7 @@ def _run(
             if result.confusion is not None and tracker.enabled:
                 class_report = record_class_report(tracker, result.confusion, step=max(result.epochs_run - 1, 0))
         finally:
-            _record_startup(tracker, started[0])
+            _record_startup(tracker, launched)
             # However the training ends, the run gets its best model and every epoch before it is closed.
             model_uri = finalize_run(tracker, folder, quiet=sys.exc_info()[0] is not None)
     import mlflow  # not before: the way to the first step stays clear of MLflow's import
@@ -343,7 +343,7 @@ def _run(
         model_uri=model_uri,
         checkpoint=result.checkpoint,
         skipped_images=data.skipped_images,
-        wall_seconds=time.perf_counter() - started[1],
+        wall_seconds=time.perf_counter() - started,
         class_accuracy=dict(zip(class_report.class_names, class_report.recall.tolist(), strict=True))
         if class_report is not None
         else {},
@@ -379,9 +379,9 @@ def _record_start(tracker: Any, plan: _Plan, data: Any, folder: Path) -> None:
 
 def _record_startup(tracker: Any, launched: float) -> None:
     """``startup_seconds``, if the engine trained in this process (a Ray driver does not)."""
-    if tracker.first_step is None:
+    if tracker.first_batch is None:
         return
-    epoch, at = tracker.first_step
+    epoch, at = tracker.first_batch
     try:
         tracker.log_metrics({metrics.STARTUP: at - launched}, step=epoch)
     except Exception as exc:  # never in the way of the model and the run's end

@@ -273,7 +273,6 @@ def fit(
     try:
         result = _fit_interruptibly(trainer, _PlacementWatch(config, tracker))
     except BaseException as exc:
-        sweep_scratch()
         kept = _bring_back(f"{storage_path}/{run_name}", filesystem, folder)
         if isinstance(exc, Exception) and type(exc).__module__.startswith("ray."):
             where = (
@@ -283,7 +282,8 @@ def fit(
             )
             raise TrainingFailed(f"Ray Train gave up after {config.max_failures} restart(s): {exc}\n{where}") from exc
         raise
-    sweep_scratch()  # what workers killed on this host (a lost node, a restart) left behind
+    finally:
+        sweep_scratch()  # what workers killed on this host (a lost node, a restart) left behind
     if result.checkpoint is not None:
         result.checkpoint.to_directory(str(folder))
     final = result.metrics or {}

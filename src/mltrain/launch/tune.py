@@ -527,10 +527,6 @@ def _run_search(
             interrupted = isinstance(exc, KeyboardInterrupt | TrainingInterrupted)
             _end_open_children(client, tracker, "KILLED" if interrupted else "FAILED")
             raise
-        finally:
-            from mltrain.launch.ray import sweep_scratch
-
-            sweep_scratch()  # the scratch folders of trials' workers that were stopped (killed) on this host
         result = _summarize(plan, tracker, trials, experiment, started)
         _log_outcome(tracker, plan, result)
     result.tracking_uri = mlflow.get_tracking_uri()

@@ -92,7 +92,7 @@ class RunTracker:
         self._on_start: list[Callable[[], None]] = []
         self._warming: threading.Thread | None = None
         self._held: list[tuple[int, dict[str, float]]] = []  # epochs logged while MLflow was still loading
-        self.first_step: tuple[int, float] | None = None
+        self.first_batch: tuple[int, float] | None = None
         """(epoch, time.time()) of the training's first batch in this process, once the engine has said so."""
         self._logged: dict[str, set[int]] = {}
         self._owns_run = False
@@ -112,10 +112,10 @@ class RunTracker:
         """The loop has its first batch (in ``epoch``): a lazy tracker now loads MLflow in the background.
 
         Not before: on a small machine that work would compete with building the model and the first batch.
-        The first call's time and epoch are kept in ``first_step`` (for ``startup_seconds``).
+        The first call's time and epoch are kept in ``first_batch`` (for ``startup_seconds``).
         """
-        if self.first_step is None:
-            self.first_step = (epoch, time.time())
+        if self.first_batch is None:
+            self.first_batch = (epoch, time.time())
         if self._lazy and self._warming is None:
             self._warming = threading.Thread(target=self._warm_up, name="mltrain-mlflow-warm-up", daemon=True)
             self._warming.start()
