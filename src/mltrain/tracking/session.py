@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -26,6 +27,9 @@ from mltrain.errors import TrackingError, TrainingInterrupted
 from mltrain.metrics import EXPERIMENT, MODEL_NAME, TRACKING_BLOCKED
 
 log = logging.getLogger(__name__)
+
+_UNIQUE_KEY_CLASH = re.compile(r"unique|duplicate", re.IGNORECASE)
+"""How a SQL store's error reads when an insert hit a row another writer had just added (sqlite, PostgreSQL, MySQL)."""
 
 BEST_MODEL_TAG = "mltrain.best_model_uri"
 """Run tag holding the URI of the best model the run logged (what `registry promote` registers)."""
@@ -365,12 +369,22 @@ class RunTracker:
             context: What the run used it for (the input's ``mlflow.data.context`` tag), e.g. ``training``.
         """
         if self._live():
+            import mlflow
             from mlflow.entities import DatasetInput, InputTag
             from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
             entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
             with self._timed():
-                self._client.log_inputs(self.run_id, datasets=[entry])
+                try:
+                    self._client.log_inputs(self.run_id, datasets=[entry])
+                except mlflow.exceptions.MlflowException as exc:
+                    # Trainings that start at once record the same dataset. MLflow's SQL store looks the
+                    # dataset up and then inserts it, so all but one of them can fail on its unique key
+                    # (1 of 3 Ray jobs in CI; 18 of 60 in a 3-process test). Once one has inserted it, a second
+                    # try finds that row and links it. A tracking server does this retry itself (HTTP 500).
+                    if not _UNIQUE_KEY_CLASH.search(str(exc)):
+                        raise
+                    self._client.log_inputs(self.run_id, datasets=[entry])
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """Upload a local file as an artifact."""

@@ -250,7 +250,9 @@ def test_three_half_gpu_trainings_run_at_once_on_two_gpus(tiny_data: Path, ray_c
             )
         except AssertionError:
             states = {job: client.get_job_status(job).value for job in jobs}
-            raise AssertionError(f"{states}\n{client.get_job_logs(jobs[0])[-3000:]}") from None
+            ended = [job for job, state in states.items() if state != "RUNNING"] or jobs[:1]
+            logs = "\n".join(f"--- {job}\n{client.get_job_logs(job)[-3000:]}" for job in ended)
+            raise AssertionError(f"{states}\n{logs}") from None
         # 1.5 of the cluster's 2 GPUs in use: two trainings share one GPU.
         per_node = {}
         for actor in workers:
