@@ -97,8 +97,11 @@ def ray_session(config: TrainConfig, address: str | None = None, dashboard: bool
     from mltrain.cluster import client_auth, resolve_address, resolve_cluster
 
     if ray.is_initialized():  # a Ray job's entrypoint, a Tune trial: Ray is already there
-        _check_fits(config)
-        yield None
+        try:
+            _check_fits(config)
+            yield None
+        finally:
+            sweep_scratch()  # what workers killed on this host (a lost node, a restart) left behind
         return
     target = resolve_address(address)
     connection = resolve_cluster(target) if target else None
@@ -132,7 +135,7 @@ def ray_session(config: TrainConfig, address: str | None = None, dashboard: bool
             yield target
         finally:
             ray.shutdown()
-            sweep_scratch()  # workers this host's Ray killed (trials Tune stopped) could not remove their own
+            sweep_scratch()  # what workers killed on this host (a restart, a trial Tune stopped) left behind
 
 
 def _embedded_dashboard(wanted: bool) -> dict[str, Any]:
@@ -282,8 +285,6 @@ def fit(
             )
             raise TrainingFailed(f"Ray Train gave up after {config.max_failures} restart(s): {exc}\n{where}") from exc
         raise
-    finally:
-        sweep_scratch()  # what workers killed on this host (a lost node, a restart) left behind
     if result.checkpoint is not None:
         result.checkpoint.to_directory(str(folder))
     final = result.metrics or {}
@@ -571,23 +572,15 @@ def sweep_scratch() -> list[Path]:
 
     They hold only copies: every checkpoint in them was uploaded to the run's storage when it was reported.
     """
+    import psutil
+
     removed = []
     for folder in sorted(_scratch_root().glob("*-pid*-*")):
         found = re.search(r"-pid(\d+)-", folder.name)
-        if found and not _process_alive(int(found.group(1))):
+        if found and not psutil.pid_exists(int(found.group(1))):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _strategy(config: TrainConfig) -> Any:

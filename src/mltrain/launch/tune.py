@@ -48,6 +48,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from mltrain import env, metrics
 from mltrain.config import TrainConfig
 from mltrain.errors import ConfigError, DataError, TrainingInterrupted
+from mltrain.tracking import ERROR_TAG
 
 log = logging.getLogger(__name__)
 
@@ -739,7 +740,7 @@ def _reconcile(client: Any, parent: Any, plan: _Plan, recorder: _TrialRecorder) 
         if record.error is not None:
             outcome = "failed"
             if child.info.status == "RUNNING":
-                client.set_tag(run_id, "mltrain.error", record.error[:4000])
+                client.set_tag(run_id, ERROR_TAG, record.error[:4000])
                 client.set_terminated(run_id, "FAILED")
         elif child.info.status == "FINISHED" and metrics.TEST_ACCURACY in child.data.metrics:
             outcome = "completed"  # its own train() ran to the end: test pass, model, FINISHED
@@ -775,8 +776,8 @@ def _close_stopped(client: Any, child: Any, record: _TrialRecord, plan: _Plan) -
             Checkpoint(reported, filesystem=filesystem).to_directory(str(folder))
     except Exception as exc:  # the run keeps its metrics; only the model is missing
         log.warning("could not fetch the checkpoint of stopped trial %s (run %s): %s", record.name, run_id, exc)
-    if "mltrain.error" in child.data.tags:  # what the trial's process said while Tune ended it
-        client.delete_tag(run_id, "mltrain.error")
+    if ERROR_TAG in child.data.tags:  # what the trial's process said while Tune ended it
+        client.delete_tag(run_id, ERROR_TAG)
     # Re-opened here (nested under the search's run, which is active in this process) and ended FINISHED.
     with RunTracker(run_id=run_id, system_metrics=False) as tracker:
         finalize_run(tracker, folder, quiet=True)
@@ -930,13 +931,13 @@ def _earlier_attempt(job: TrialJob, trial_id: str, config: TrainConfig) -> tuple
     if name and _bring_back(f"{storage_path}/{name}", filesystem, folder):
         print(f"trial {trial_id}: resuming run {run.info.run_id} from its checkpoint", flush=True)
         return folder, None
-    lost = int(run.data.tags.get(LOST_ATTEMPTS_TAG, "0")) + 1
     if not any(key in run.data.metrics for key in metrics.EPOCH_METRICS):
-        reason = run.data.tags.get("mltrain.error", "its process was lost")
+        lost = int(run.data.tags.get(LOST_ATTEMPTS_TAG, "0")) + 1
+        reason = run.data.tags.get(ERROR_TAG, "its process was lost")
         client.set_tag(run.info.run_id, LOST_ATTEMPTS_TAG, str(lost))
         client.set_tag(run.info.run_id, f"mltrain.tune.lost_attempt.{lost}", reason[-4000:])
         with contextlib.suppress(Exception):  # the tag is absent when the attempt's process was lost
-            client.delete_tag(run.info.run_id, "mltrain.error")
+            client.delete_tag(run.info.run_id, ERROR_TAG)
         print(f"trial {trial_id}: run {run.info.run_id} starts again (its last attempt had no epoch)", flush=True)
         return None, run.info.run_id
     if run.info.status == "RUNNING":

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 _UNIQUE_KEY_CLASH = re.compile(r"unique|duplicate", re.IGNORECASE)
 """How a SQL store's error reads when an insert hit a row another writer had just added (sqlite, PostgreSQL, MySQL)."""
 
+ERROR_TAG = "mltrain.error"
+"""Run tag holding what ended a FAILED run (the exception's type and message)."""
+
 BEST_MODEL_TAG = "mltrain.best_model_uri"
 """Run tag holding the URI of the best model the run logged (what `registry promote` registers)."""
 
@@ -244,7 +247,7 @@ class RunTracker:
             self.set_tags({"mltrain.end_reason": "interrupted"})
             self.end("KILLED")
             return
-        self.set_tags({"mltrain.end_reason": "error", "mltrain.error": f"{exc_type.__name__}: {exc}"[:4000]})
+        self.set_tags({"mltrain.end_reason": "error", ERROR_TAG: f"{exc_type.__name__}: {exc}"[:4000]})
         self.end("FAILED")
 
     # --- logging ----------------------------------------------------------------------------------------
@@ -369,15 +372,15 @@ class RunTracker:
             context: What the run used it for (the input's ``mlflow.data.context`` tag), e.g. ``training``.
         """
         if self._live():
-            import mlflow
             from mlflow.entities import DatasetInput, InputTag
+            from mlflow.exceptions import MlflowException
             from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
             entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
             with self._timed():
                 try:
                     self._client.log_inputs(self.run_id, datasets=[entry])
-                except mlflow.exceptions.MlflowException as exc:
+                except MlflowException as exc:
                     # Trainings that start at once record the same dataset. MLflow's SQL store looks the
                     # dataset up and then inserts it, so all but one of them can fail on its unique key
                     # (1 of 3 Ray jobs in CI; 18 of 60 in a 3-process test). Once one has inserted it, a second
