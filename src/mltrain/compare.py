@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from mltrain import metrics
 from mltrain.errors import TrackingError
+from mltrain.tracking import open_client
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -74,7 +75,7 @@ def compare(
     Raises:
         TrackingError: An unknown run id, no such experiment, or no finished run in it.
     """
-    client = MlflowClient()
+    client = open_client()
     chosen = _runs_by_id(client, runs) if runs else _last_finished(client, experiment, last)
     views = [_view(client, run) for run in chosen]
     out = Path(out)

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from mltrain.errors import RegistryError
 from mltrain.metrics import EXPERIMENT, MODEL_NAME, TEST_ACCURACY
+from mltrain.tracking import open_client
 from mltrain.tracking.session import BEST_MODEL_TAG
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def best_run(experiment: str = EXPERIMENT, metric: str = TEST_ACCURACY, mode: st
         RegistryError: No such experiment, an unknown mode, or no finished run with the metric.
     """
     _check_mode(mode)
-    client = MlflowClient()
+    client = open_client()
     experiment_id = _experiment_id(client, experiment)
     # The range filter drops runs lacking the metric (and NaN values), which would otherwise sort last.
     runs = client.search_runs(
@@ -127,7 +128,7 @@ def promote(
     """
     if not (min_improvement >= 0 and math.isfinite(min_improvement)):
         raise RegistryError(f"expected min_improvement >= 0, found {min_improvement}")
-    client = MlflowClient()
+    client = open_client()
     run = best_run(experiment, metric, mode)
     run_id, value = run.info.run_id, run.data.metrics[metric]
     champion = _version_by_alias(client, model, alias)
@@ -187,7 +188,7 @@ def pull(
     Raises:
         RegistryError: Both alias and version given, or no such model, alias or version.
     """
-    client = MlflowClient()
+    client = open_client()
     chosen = _resolve_version(client, model, alias, version)
     target = (Path(dest) / f"{model}-v{chosen.version}").resolve()
     target.mkdir(parents=True, exist_ok=True)
@@ -201,7 +202,7 @@ def list_versions(model: str = MODEL_NAME, metric: str = TEST_ACCURACY) -> list[
     Raises:
         RegistryError: No registered model of that name.
     """
-    client = MlflowClient()
+    client = open_client()
     registered = _registered_model(client, model)
     aliases: dict[int, list[str]] = {}
     # Versions from a search carry no aliases; the registered model holds the alias -> version map.

@@ -16,6 +16,7 @@ from PIL import Image
 from mltrain import metrics
 from mltrain.config import TrainConfig
 from mltrain.engines.checkpoint import load_checkpoint
+from mltrain.tracking import open_client
 from tests.helpers import MLTRAIN, TINY_TRAIN, run_cli
 
 pytestmark = pytest.mark.integration
@@ -89,7 +90,7 @@ def _wait_for_first_epoch(
     process: subprocess.Popen, timeout: float = 180, files: tuple[str, ...] = ("checkpoint.pt",)
 ) -> str:
     """The id of the run once its first epoch is logged and ``files`` are saved in its output folder."""
-    client = MlflowClient()
+    client = open_client()  # the training may be creating the store right now
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()

@@ -2,6 +2,7 @@ import multiprocessing
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from mltrain.config import TrainConfig
 from mltrain.errors import TrackingError, TrainingInterrupted
 from mltrain.model import build_model
-from mltrain.tracking import BEST_MODEL_TAG, RunTracker, gpu_info_text
+from mltrain.tracking import BEST_MODEL_TAG, RunTracker, gpu_info_text, open_client
 from mltrain.tracking.starter import RunStarter
 
 
@@ -249,6 +250,22 @@ def test_the_helper_creates_nothing_unless_asked_and_reports_why_it_cannot() -> 
     assert not client.search_runs([client.get_experiment_by_name("gone").experiment_id], run_view_type=3)
 
 
+def _failures_at_once(target: Callable[[list, Any, Any], None], work: list[list]) -> list[str]:
+    """Run ``target(items, barrier, errors)`` in one spawned process per entry of ``work``; the errors they put."""
+    context = multiprocessing.get_context("spawn")
+    barrier, errors = context.Barrier(len(work)), context.Queue()
+    workers = [context.Process(target=target, args=(items, barrier, errors)) for items in work]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=240)
+    assert [worker.exitcode for worker in workers] == [0] * len(work)
+    failures = []
+    while not errors.empty():
+        failures.append(errors.get())
+    return failures
+
+
 def _record_the_dataset_at_once(run_ids: list[str], barrier: Any, errors: Any) -> None:
     """One of several processes: attach to each run in turn and record the round's dataset with the others."""
     from mltrain.tracking.datasets import Food11Dataset
@@ -271,18 +288,7 @@ def test_trainings_that_start_at_once_each_record_the_shared_dataset() -> None:
     experiment_id = client.create_experiment("t")
     processes, rounds = 3, 12
     run_ids = [[client.create_run(experiment_id).info.run_id for _ in range(rounds)] for _ in range(processes)]
-    context = multiprocessing.get_context("spawn")
-    barrier, errors = context.Barrier(processes), context.Queue()
-    workers = [context.Process(target=_record_the_dataset_at_once, args=(ids, barrier, errors)) for ids in run_ids]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=240)
-    assert [worker.exitcode for worker in workers] == [0] * processes
-    failures = []
-    while not errors.empty():
-        failures.append(errors.get())
-    assert not failures
+    assert _failures_at_once(_record_the_dataset_at_once, run_ids) == []
     for ids in run_ids:
         for run_id in ids:
             inputs = client.get_run(run_id).inputs.dataset_inputs
@@ -292,3 +298,25 @@ def test_trainings_that_start_at_once_each_record_the_shared_dataset() -> None:
         entry.dataset.digest for ids in run_ids for i in ids for entry in client.get_run(i).inputs.dataset_inputs
     }
     assert len(digests) == rounds
+
+
+def _open_new_stores_at_once(uris: list[str], barrier: Any, errors: Any) -> None:
+    """One of several processes: open each new store together with the others."""
+    from mltrain.tracking import open_client
+
+    for uri in uris:
+        barrier.wait()
+        try:
+            open_client(uri).search_experiments()
+        except Exception as exc:
+            errors.put(f"{type(exc).__name__}: {str(exc)[:200]}")
+
+
+def test_processes_that_open_a_new_sqlite_store_at_once_all_get_it(tmp_path: Path) -> None:
+    # MLflow creates a new database's tables in whichever process opens it, unguarded: without the lock,
+    # 12 of 15 such opens failed here ("table ... already exists", alembic revision errors), as a test
+    # watching a training's first epoch did in CI.
+    uris = [f"sqlite:///{tmp_path / f'new-{round_}.db'}" for round_ in range(2)]
+    assert _failures_at_once(_open_new_stores_at_once, [uris] * 3) == []
+    for uri in uris:
+        assert [experiment.name for experiment in open_client(uri).search_experiments()] == ["Default"]

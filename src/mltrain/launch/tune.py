@@ -496,10 +496,9 @@ def _run_search(
     plan: _Plan, experiment: str, tracking_uri: str | None, run_name: str | None, started: float
 ) -> TuneResult:
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     from mltrain.launch.ray import _absolute_tracking_uri
-    from mltrain.tracking import RunTracker
+    from mltrain.tracking import RunTracker, open_client
     from mltrain.training import _run_tags, _sigterm_as_exception
 
     tags = _run_tags(plan.base)
@@ -511,7 +510,7 @@ def _run_search(
     )
     with _sigterm_as_exception(), tracker:
         _log_search(tracker, plan)
-        client = MlflowClient()
+        client = open_client()
         job = TrialJob(
             config=plan.base.model_dump(),
             data_dir=str(plan.data_dir),
@@ -908,11 +907,10 @@ def _earlier_attempt(job: TrialJob, trial_id: str, config: TrainConfig) -> tuple
     each epoch logged once); ``(None, None)`` for a first attempt. An earlier attempt that logged epochs but
     registered no checkpoint is ended FAILED, and the retry starts a new run.
     """
-    from mlflow.tracking import MlflowClient
-
     from mltrain.launch.ray import RUN_NAME_TAG, _bring_back, storage_for
+    from mltrain.tracking import open_client
 
-    client = MlflowClient(job.tracking_uri)
+    client = open_client(job.tracking_uri)
     experiment = client.get_experiment_by_name(job.experiment)
     if experiment is None:
         return None

@@ -25,6 +25,7 @@ from typing import Any
 
 from mltrain.errors import TrackingError, TrainingInterrupted
 from mltrain.metrics import EXPERIMENT, MODEL_NAME, TRACKING_BLOCKED
+from mltrain.tracking.store import open_client
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +130,9 @@ class RunTracker:
 
     def _warm_up(self) -> None:
         try:
-            import mlflow
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor  # noqa: F401
 
-            mlflow.MlflowClient(self.tracking_uri).get_run(self.run_id)  # opens the store: a sqlite schema check
+            open_client(self.tracking_uri).get_run(self.run_id)  # opens the store: a sqlite schema check
         except Exception as exc:  # attaching reports what is wrong
             log.debug("warming up MLflow failed: %s", exc)
 
@@ -161,7 +161,7 @@ class RunTracker:
 
         if self.tracking_uri:
             mlflow.set_tracking_uri(self.tracking_uri)
-        self._client = mlflow.MlflowClient()
+        self._client = open_client()
         if not self.owner:
             self._attach()
             return self.run_id

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mltrain.errors import TrackingError
+from mltrain.tracking.store import open_client
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +105,7 @@ def _end_orphan(out: str | None, tracking_uri: str | None) -> None:
     if "run_id" not in answer:
         return
     try:
-        import mlflow
-
-        mlflow.MlflowClient(tracking_uri).set_terminated(answer["run_id"], "KILLED")
+        open_client(tracking_uri).set_terminated(answer["run_id"], "KILLED")
     except Exception as exc:
         log.error("run %s was created as the training stopped and could not be ended: %s", answer["run_id"], exc)
 
@@ -124,7 +123,7 @@ def _serve(settings: dict[str, Any]) -> dict[str, Any] | None:
         import mlflow.store.tracking.sqlalchemy_store
     else:
         try:
-            mlflow.MlflowClient().get_experiment_by_name(settings["experiment"])  # opens the store now
+            open_client().get_experiment_by_name(settings["experiment"])  # opens the store now
         except Exception as exc:
             log.debug("store not ready yet: %s", exc)  # creating the run reports it, if it persists
     from mlflow.tracking.context import registry
@@ -143,7 +142,7 @@ def _serve(settings: dict[str, Any]) -> dict[str, Any] | None:
         tags[MLFLOW_PARENT_RUN_ID] = request["parent_run_id"]
     sys.argv[0] = settings["source_name"]  # the run's source is the training's command, as in mlflow.start_run
     try:
-        client = mlflow.MlflowClient()
+        client = open_client()
         experiment_id = ensure_experiment(client, settings["experiment"])
         run = client.create_run(experiment_id, tags=registry.resolve_tags(tags), run_name=request["run_name"])
     except Exception as exc:

@@ -75,14 +75,14 @@ def serve(
         open_browser: Also open the link in the default browser (Python's ``webbrowser``: honours ``BROWSER``).
         verbose: Let ``mlflow ui`` print its server lines and warnings.
     """
-    import mlflow
 
     from mltrain.metrics import EXPERIMENT
     from mltrain.tracking.experiments import ensure_experiment
+    from mltrain.tracking.store import open_client
 
     uri = env.tracking_uri(tracking_uri) or DEFAULT_STORE
     name = experiment or EXPERIMENT
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = open_client(uri)
     if uri.startswith("databricks"):
         print(f"runs are tracked on Databricks ({uri}); open the experiment {name!r} in its workspace")
         return 0

@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from mltrain import metrics
 from mltrain.engines.checkpoint import load_checkpoint
 from mltrain.launch.ray import _scratch_root
+from mltrain.tracking import open_client
 from tests.helpers import MLTRAIN, TINY_TRAIN, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
@@ -32,7 +33,7 @@ RAY = ["--engine", "ray", "--accelerator", "cpu", "--no-progress"]
 
 
 def _runs() -> list:
-    client = MlflowClient()
+    client = open_client()  # the training may be creating the store right now
     return client.search_runs([exp.experiment_id for exp in client.search_experiments()])
 
 

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from mltrain import metrics
 from mltrain.launch.tune import COMPUTE_FRACTION, EPOCHS_TAG, STOPPED_AT_TAG, STOPPED_TAG, TRIAL_EPOCHS, TRIAL_TAG
+from mltrain.tracking import open_client
 from tests.helpers import MLTRAIN, TINY_TRAIN, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
@@ -28,7 +29,7 @@ PARENT = "mlflow.parentRunId"
 
 
 def _runs() -> list:
-    client = MlflowClient()
+    client = open_client()  # the training may be creating the store right now
     return client.search_runs([exp.experiment_id for exp in client.search_experiments()])
 
 

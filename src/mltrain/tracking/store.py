@@ -1,0 +1,62 @@
+"""Every mltrain process gets its MLflow client here, so that a new sqlite store is created once, not raced.
+
+The first process to open a new sqlite database creates MLflow's tables in it: ``SqlAlchemyStore`` creates
+the initial tables and runs the schema migrations. MLflow 3.17 does nothing to stop a second process from
+doing the same to the same file at the same time. When that happens, one of them fails with "table ...
+already exists", "duplicate column name" or an alembic "Online migration expected to match one row" error.
+That can happen to the trainings Tune or Ray start together, to a training and ``mltrain ui``, or to a
+training and whoever watches it.
+
+So mltrain opens a sqlite store under an exclusive file lock next to the database (``<database>.lock``):
+the first opener creates the tables, and the others wait and then find them there. MLflow keeps the opened
+store for the rest of the process (its later clients and its fluent calls), so a process takes the lock
+once per store. A tracking server creates its tables once, when it starts, and needs no lock here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mltrain.tracking.experiments import sqlite_database
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+_opened: set[str] = set()
+"""The sqlite databases this process has opened (MLflow keeps their stores)."""
+
+
+def open_client(tracking_uri: str | None = None) -> MlflowClient:
+    """An ``MlflowClient`` on ``tracking_uri`` (default: MLflow's own, ``MLFLOW_TRACKING_URI`` or sqlite).
+
+    The first time this process opens a sqlite store, it does so under the store's lock.
+    """
+    import mlflow
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    database = sqlite_database(uri)
+    if database is None or str(database) in _opened or not database.parent.is_dir():
+        return mlflow.MlflowClient(uri)  # (a missing folder: MLflow says so)
+    with _locked(database):
+        client = mlflow.MlflowClient(uri)  # opens the store: creates the tables of a new database
+    _opened.add(str(database))
+    return client
+
+
+@contextmanager
+def _locked(database: Path) -> Iterator[None]:
+    from filelock import FileLock
+
+    lock = FileLock(f"{database}.lock")
+    try:
+        lock.acquire()
+    except OSError:  # a folder this user can't write to: nobody here can create the tables either
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
