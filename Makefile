@@ -14,7 +14,7 @@ DEMO_SYNTH ?= --per-class 40 --image-size 320x240
 DEMO_SET ?=
 BENCH_ARGS ?=
 
-.PHONY: install demo test test-fast bench lint format system-deps clean
+.PHONY: install demo test test-fast typecheck bench lint format system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +29,17 @@ demo: install  ## synthesise a small dataset and train a short run on the embedd
 	$(BIN)/mltrain data synth --dest $(DEMO_DATA) $(DEMO_SYNTH)
 	$(BIN)/mltrain train --data $(DEMO_DATA) --config src/mltrain/configs/demo.yaml $(DEMO_SET)
 
-test: install system-deps  ## lint, then every test this machine can run (unit + integration)
+test: install system-deps  ## lint and type-check, then every test this machine can run (unit + integration)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 test-fast: install  ## unit tests only
 	$(BIN)/pytest tests/unit
+
+typecheck: install  ## mypy on src/ (make test runs it too)
+	$(BIN)/mypy
 
 bench: install  ## naive loop vs mltrain's data path on 440 synthetic 512x384 JPEGs (see docs/PERFORMANCE.md)
 	$(BIN)/mltrain bench --json bench-cpu.json $(BENCH_ARGS)
@@ -48,4 +52,4 @@ format: install
 	$(BIN)/ruff check --fix src tests
 
 clean:
-	rm -rf $(VENV) data/demo outputs mlflow.db mlruns mlartifacts .pytest_cache compare models
+	rm -rf $(VENV) data/demo outputs mlflow.db mlruns mlartifacts .pytest_cache .mypy_cache compare models

@@ -12,20 +12,24 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _API = {
     "TrainConfig": "mltrain.config",
     "train": "mltrain.training",
     "TrainResult": "mltrain.training",
-    "tune": "mltrain.launch.tune",
-    "SearchSettings": "mltrain.launch.tune",
-    "TuneResult": "mltrain.launch.tune",
+    "LocalLauncher": "mltrain.launchers.local",
+    "RayLauncher": "mltrain.launchers.ray",
+    "RayOptions": "mltrain.launchers.ray",
+    "tune": "mltrain.search",
+    "SearchSettings": "mltrain.search",
+    "TuneResult": "mltrain.search",
     "build_model": "mltrain.model",
     "Food11Data": "mltrain.data.module",
     "prepare": "mltrain.data.prepare",
     "synthesize": "mltrain.data.synth",
-    "RunTracker": "mltrain.tracking.session",
+    "RunOwner": "mltrain.tracking",
+    "RunLogger": "mltrain.tracking",
     "MltrainError": "mltrain.errors",
     "promote": "mltrain.registry",
     "pull": "mltrain.registry",

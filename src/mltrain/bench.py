@@ -311,7 +311,7 @@ def mltrain_loop(root: Path, config: TrainConfig, progress: bool = True) -> Loop
     """The torch engine as ``mltrain train`` runs it, without an MLflow run (nothing to log here)."""
     from mltrain.data.module import Food11Data
     from mltrain.engines.torch_engine import TorchRecipe
-    from mltrain.tracking import RunTracker
+    from mltrain.tracking.runlog import NullLogger
 
     result = LoopResult("mltrain")
     started = time.perf_counter()
@@ -336,7 +336,7 @@ def mltrain_loop(root: Path, config: TrainConfig, progress: bool = True) -> Loop
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="mltrain-bench-") as scratch:
-        recipe = MeasuredRecipe(config, data, RunTracker(enabled=False), Path(scratch), progress, record)
+        recipe = MeasuredRecipe(config, data, NullLogger(), Path(scratch), progress, record)
         recipe.run()  # the test pass at the end runs too, but outside the measured epochs
     return result
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,17 +33,40 @@ CHANGEABLE_ON_RESUME = frozenset(
         "keep_host_memory",
         "cache_dir",
         "output_dir",
-        "workers",
-        "min_workers",
-        "resize_interval",
-        "cpus_per_worker",
-        "gpus_per_worker",
-        "max_failures",
-        "storage",
     }
 )
 """Keys a resumed training may change: they extend the training or steer where and how fast it runs. Every
-other key decides the model, the data or the optimisation already done, and must keep its checkpointed value."""
+other key decides the model, the data or the optimisation already done, and must keep its checkpointed value.
+(Where it runs — the launcher and its options — is not part of the config and may always change.)"""
+
+LEGACY_LAUNCHER_KEYS = (
+    "workers",
+    "min_workers",
+    "resize_interval",
+    "cpus_per_worker",
+    "gpus_per_worker",
+    "max_failures",
+    "storage",
+)
+"""Options of the Ray launcher that were config keys before mltrain 0.2 (with ``engine: ray`` for "the lightning
+engine on Ray Train"). A config file, ``--set`` or checkpoint that holds them still works: :func:`resolve` and
+:func:`resolve_resume` hand them to the launcher (:class:`LaunchKeys`); a :class:`TrainConfig` never holds them."""
+RAY_ALIAS = "ray"
+"""``engine: ray``, kept as an alias: the lightning engine, launched on Ray Train workers (``--launcher ray``)."""
+
+
+@dataclass(frozen=True)
+class LaunchKeys:
+    """What a config file, ``--set`` or a checkpoint said about where to train (the pre-0.2 keys)."""
+
+    launcher: str | None = None
+    """``ray`` when it said ``engine: ray``; None when it did not say."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The :data:`LEGACY_LAUNCHER_KEYS` it set, with their values."""
+
+    def merged(self, later: LaunchKeys) -> LaunchKeys:
+        """These keys with ``later``'s on top (a resume's request over its checkpoint's)."""
+        return LaunchKeys(later.launcher or self.launcher, {**self.options, **later.options})
 
 
 class TrainConfig(BaseModel):
@@ -89,9 +113,9 @@ class TrainConfig(BaseModel):
     """Start from torchvision's ImageNet weights (needs the weights file cached or a network)."""
     seed: int = Field(42, ge=0)
     """Seed for weights init, shuffling and augmentation."""
-    engine: Literal["torch", "lightning", "ray"] = "torch"
-    """Training engine: `torch` (a plain loop), `lightning` (PyTorch Lightning, one or several local devices) or
-    `ray` (the Lightning engine on Ray Train workers: several machines, fractional GPUs, failover)."""
+    engine: Literal["torch", "lightning"] = "torch"
+    """Training engine: `torch` (a plain loop, one device) or `lightning` (PyTorch Lightning: one or several devices,
+    and what the Ray launcher runs). `ray` is an alias: the lightning engine on Ray Train (`--launcher ray`)."""
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     """Where to train: `auto` picks a GPU when there is one."""
     devices: int | Literal["auto"] = "auto"
@@ -104,23 +128,6 @@ class TrainConfig(BaseModel):
     """Wrap the model in `torch.compile` (measured: no gain on 2-core CPUs; can help on GPUs)."""
     keep_host_memory: bool = True
     """Keep freed host memory for reuse (glibc malloc: no mmap/trim) instead of page-faulting it back each step."""
-    workers: int = Field(1, ge=1)
-    """engine=ray: Ray Train workers (data-parallel processes, each on any node with the resources); with
-    `min_workers`, the most the elastic group grows to."""
-    min_workers: int | None = Field(None, ge=1)
-    """engine=ray: set below `workers` for elastic training: the group shrinks to the workers the cluster can
-    place (down to this many) instead of waiting for a lost node, and grows back when resources return."""
-    resize_interval: float = Field(60, gt=0)
-    """engine=ray, elastic: seconds between checks whether the group can grow again."""
-    cpus_per_worker: float = Field(1, gt=0)
-    """engine=ray: logical CPUs each worker reserves."""
-    gpus_per_worker: float = Field(0, ge=0)
-    """engine=ray: GPUs each worker reserves; a fraction (e.g. 0.5) lets several trainings share a GPU."""
-    max_failures: int = Field(2, ge=-1)
-    """engine=ray: worker-group failures to recover from (restart from the last checkpoint); -1: no limit."""
-    storage: str | None = None
-    """engine=ray: where Ray Train keeps checkpoints: a path every node sees, or s3://bucket[/prefix]
-    (endpoint and keys from AWS_* variables); default `<output_dir>/ray` on this machine."""
     cache_dir: str | None = None
     """Folder for decoded-image caches; default `MLTRAIN_CACHE_DIR` or ~/.cache/mltrain."""
     output_dir: str = "outputs"
@@ -145,22 +152,7 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"devices={self.devices}: the torch engine trains on one device; use engine=lightning for several"
             )
-        if self.engine != "ray" and (self.workers > 1 or self.min_workers is not None):
-            raise ValueError(f"workers={self.workers_text()} needs engine=ray (Ray Train workers)")
-        if self.min_workers is not None and self.min_workers > self.workers:
-            raise ValueError(f"min_workers={self.min_workers} is more than workers={self.workers}")
-        if self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
-            raise ValueError(f"gpus_per_worker={self.gpus_per_worker}: Ray takes a fraction below 1 or whole GPUs")
         return self
-
-    @property
-    def elastic(self) -> bool:
-        """engine=ray with a range of workers (``min_workers`` < ``workers``)."""
-        return self.min_workers is not None and self.min_workers < self.workers
-
-    def workers_text(self) -> str:
-        """``N``, or ``MIN-MAX`` for an elastic group: the form ``--workers`` takes."""
-        return f"{self.min_workers}-{self.workers}" if self.elastic else str(self.workers)
 
     # --- construction -----------------------------------------------------------------------------------
     @classmethod
@@ -190,12 +182,23 @@ class TrainConfig(BaseModel):
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> TrainConfig:
-        """Validate a plain mapping (e.g. ``mlflow`` params or Ray Tune samples) into a config."""
+        """Validate a plain mapping (e.g. ``mlflow`` params or Ray Tune samples) into a config.
+
+        Launcher options (:data:`LEGACY_LAUNCHER_KEYS`, ``engine: ray``) are a ConfigError here, saying where they
+        go; :func:`resolve` and :meth:`from_saved` are the readers that accept them.
+        """
+        _reject_launch_keys(values)
         _reject_unknown_keys(values)
         try:
             return cls(**values)
         except ValidationError as exc:
-            raise ConfigError(_explain(exc)) from None
+            raise ConfigError(explain(exc)) from None
+
+    @classmethod
+    def from_saved(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """The training config of a saved one (a checkpoint's, a ``config.yaml``), also one written before 0.2:
+        launcher keys are left out."""
+        return cls.from_mapping(split_launch_keys(values)[0])
 
     def with_overrides(self, **changes: Any) -> TrainConfig:
         """A validated copy with some keys changed."""
@@ -213,16 +216,30 @@ class TrainConfig(BaseModel):
         return target
 
 
-def parse_workers(text: str) -> dict[str, int | None]:
-    """``"2"`` → ``{"workers": 2, "min_workers": None}``; ``"1-2"`` → ``{"workers": 2, "min_workers": 1}``."""
-    low, sep, high = text.strip().partition("-")
-    try:
-        numbers = (int(low), int(high)) if sep else (int(low), int(low))
-    except ValueError:
-        raise ConfigError(f"--workers {text!r}: expected a number of workers (2) or a range MIN-MAX (1-2)") from None
-    if numbers[0] < 1 or numbers[0] > numbers[1]:
-        raise ConfigError(f"--workers {text!r}: expected 1 <= MIN <= MAX")
-    return {"workers": numbers[1], "min_workers": numbers[0] if sep else None}
+def resolve(
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    base: TrainConfig | None = None,
+) -> tuple[TrainConfig, LaunchKeys]:
+    """Like :meth:`TrainConfig.build`, for files and ``--set`` values that may hold launcher keys (written before
+    0.2, or ``engine=ray``): returns the config and, apart, what they said about where to train."""
+    values: dict[str, Any] = base.model_dump() if base is not None else {}
+    if config_file is not None:
+        values.update(load_yaml(config_file))
+    values.update(parse_overrides(overrides))
+    training, launch = split_launch_keys(values)
+    return TrainConfig.from_mapping(training), launch
+
+
+def split_launch_keys(values: Mapping[str, Any]) -> tuple[dict[str, Any], LaunchKeys]:
+    """Separate the training keys from the launcher's: ``engine: ray`` becomes ``engine: lightning`` and launcher
+    ``ray``; the :data:`LEGACY_LAUNCHER_KEYS` go to the launcher's options."""
+    training = dict(values)
+    options = {key: training.pop(key) for key in LEGACY_LAUNCHER_KEYS if key in training}
+    launcher = None
+    if training.get("engine") == RAY_ALIAS:
+        training["engine"], launcher = "lightning", RAY_ALIAS
+    return training, LaunchKeys(launcher, options)
 
 
 def resolve_resume(
@@ -230,18 +247,22 @@ def resolve_resume(
     config_file: str | os.PathLike[str] | None = None,
     overrides: Iterable[str] | Mapping[str, Any] = (),
     given: TrainConfig | None = None,
-) -> tuple[TrainConfig, dict[str, tuple[Any, Any]]]:
+) -> tuple[TrainConfig, dict[str, tuple[Any, Any]], LaunchKeys]:
     """The config of a resumed training: the checkpoint's, then ``given``, the YAML file and the overrides.
 
-    Returns the config and what changed (``{key: (checkpointed, new)}``). Raises ConfigError, before anything
-    else happens, when a change touches a key outside :data:`CHANGEABLE_ON_RESUME`, naming the key and its
-    checkpointed value.
+    Returns the config, what changed (``{key: (checkpointed, new)}``) and the launcher keys (the checkpoint's, then
+    the request's). Raises ConfigError, before anything else happens, when a change touches a key outside
+    :data:`CHANGEABLE_ON_RESUME`, naming the key and its checkpointed value.
     """
-    base = TrainConfig.from_mapping(saved)
+    saved_training, saved_launch = split_launch_keys(saved)
+    base = TrainConfig.from_mapping(saved_training)
     requested: dict[str, Any] = dict(given.model_dump()) if given is not None else {}
     if config_file is not None:
         requested.update(load_yaml(config_file))
     requested.update(parse_overrides(overrides))
+    requested, asked_launch = split_launch_keys(requested)
+    if "engine" in requested and asked_launch.launcher is None:
+        saved_launch = LaunchKeys(None, saved_launch.options)  # an engine asked for by name: no alias to keep
     resolved = TrainConfig.from_mapping({**base.model_dump(), **requested})
     before, after = base.model_dump(), resolved.model_dump()
     changes = {key: (before[key], after[key]) for key in before if before[key] != after[key]}
@@ -252,7 +273,7 @@ def resolve_resume(
             f"cannot change {', '.join(forbidden)} when resuming ({detail}): it decides the model, the data or the "
             f"optimisation already done. Keys that may change on resume: {', '.join(sorted(CHANGEABLE_ON_RESUME))}"
         )
-    return resolved, changes
+    return resolved, changes, saved_launch.merged(asked_launch)
 
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -294,6 +315,17 @@ def _parse_scalar(raw: str) -> Any:
     return value if isinstance(value, (str, int, float, bool)) or value is None else raw
 
 
+def _reject_launch_keys(values: Mapping[str, Any]) -> None:
+    found = [key for key in LEGACY_LAUNCHER_KEYS if key in values]
+    if values.get("engine") == RAY_ALIAS:
+        found.insert(0, "engine=ray")
+    if found:
+        raise ConfigError(
+            f"{', '.join(found)}: where a training runs is the launcher's business, not the training config's "
+            "(mltrain train --launcher ray --workers 2 ...; from Python: train(config, launcher=RayLauncher(...)))"
+        )
+
+
 def _reject_unknown_keys(values: Mapping[str, Any]) -> None:
     valid = TrainConfig.keys()
     unknown = [key for key in values if key not in valid]
@@ -306,7 +338,8 @@ def _reject_unknown_keys(values: Mapping[str, Any]) -> None:
     raise ConfigError(f"unknown config key {', '.join(hints)}; valid keys: {', '.join(valid)}")
 
 
-def _explain(exc: ValidationError) -> str:
+def explain(exc: ValidationError, what: str = "invalid config") -> str:
+    """A pydantic validation error as one line for people: ``<what>: key=value: problem; ...``."""
     problems = []
     for error in exc.errors():
         location = ".".join(str(part) for part in error["loc"]) or "config"
@@ -316,4 +349,4 @@ def _explain(exc: ValidationError) -> str:
             problems.append(message)
         else:
             problems.append(f"{location}={found!r}: {message}")
-    return "invalid config: " + "; ".join(problems)
+    return f"{what}: " + "; ".join(problems)

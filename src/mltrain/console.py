@@ -2,7 +2,7 @@
 
 MLflow, Lightning and Ray each print INFO lines of their own (database migrations, "Started monitoring
 system metrics", "GPU available: False", Lightning's tips, Ray's start-up lines) and MLflow warns about the
-pickle format mltrain chooses on purpose (see :meth:`mltrain.tracking.RunTracker.log_model`). The CLI hides
+pickle format mltrain chooses on purpose (see :func:`mltrain.tracking.models.log_model`). The CLI hides
 them unless ``--verbose``; warnings and errors of every library still show. The Python API leaves logging
 alone: a notebook keeps its own configuration.
 """
@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 import warnings
+
+from mltrain.internals import ray as ray_internals
 
 _LIBRARY_LEVEL_VARIABLES = {"MLFLOW_LOGGING_LEVEL": "WARNING"}
 """Read by MLflow when it is imported (it installs its own handler then, in this process and in every child
@@ -28,7 +30,7 @@ Lightning gives the ``lightning`` logger a console handler of its own and resets
 _EXPECTED_WARNINGS = {
     "mlflow.pytorch": ("Pickle or CloudPickle",),
     # An embedded Ray turns token authentication on by default, as mltrain wants (README, docs/RAY_CLUSTER.md).
-    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled",),
+    ray_internals.TOKEN_SETUP_LOGGER: (ray_internals.TOKEN_AUTH_ENABLED_WARNING,),
 }
 """Warnings about choices mltrain made deliberately and documents: logger -> message fragments."""
 _LIBRARY_PY_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
@@ -46,6 +48,10 @@ class _MltrainFormatter(logging.Formatter):
             return message if record.name.startswith("mltrain") else f"{record.name}: {message}"
         origin = "" if record.name.startswith("mltrain") else f" ({record.name})"
         return f"{record.levelname.lower()}{origin}: {message}"
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """The console handler :func:`configure` installs (and replaces when called again)."""
 
 
 class _OwnLinesOnly(logging.Filter):
@@ -87,11 +93,10 @@ def configure(verbose: bool = False) -> None:
     _verbose = verbose
     _quiet = not verbose
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_mltrain", False):
-            root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler._mltrain = True  # type: ignore[attr-defined]
+    for old in list(root.handlers):
+        if isinstance(old, _ConsoleHandler):
+            root.removeHandler(old)
+    handler = _ConsoleHandler(sys.stderr)
     handler.setFormatter(_MltrainFormatter())
     root.addHandler(handler)
     root.setLevel(logging.INFO)
@@ -117,7 +122,7 @@ RAY_WORKER_SETUP_HOOK = "mltrain.console.quiet_ray_worker"
 _RAY_WORKER_LOGGERS = {
     "ray.train": logging.WARNING,  # "Reporting training result ..." per epoch and rank
     # Polls the state API every few seconds; an embedded Ray without a dashboard answers with a warning each time.
-    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+    ray_internals.PLACEMENT_GROUP_CLEANER_LOGGER: logging.ERROR,
 }
 
 
@@ -133,12 +138,10 @@ def ray_runtime_env() -> dict[str, str]:
 
 def quiet_ray_worker() -> None:
     """Run by Ray in each worker process (see :func:`ray_runtime_env`): library INFO lines off, warnings on."""
-    import importlib.util
-
     _quiet_libraries()
     for name, level in _RAY_WORKER_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
-    # Ray Train's per-report line comes from a logger named after its file's path, not its module.
-    spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
-    if spec is not None and spec.origin:
-        logging.getLogger(spec.origin).setLevel(logging.WARNING)
+    # Ray Train's per-report line: its logger is named after a file path, outside the "ray.train" hierarchy.
+    report_logger = ray_internals.train_report_logger_name()
+    if report_logger is not None:
+        logging.getLogger(report_logger).setLevel(logging.WARNING)

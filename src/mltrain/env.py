@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from mltrain.internals.ray import JOB_CONFIG_VAR
+
 DATA_DIR_VAR = "FOOD11_DATA_DIR"
 TRACKING_URI_VAR = "MLFLOW_TRACKING_URI"
 RAY_ADDRESS_VAR = "RAY_ADDRESS"
@@ -170,7 +172,7 @@ def process_started_at() -> float:
 
 def inside_ray_job() -> bool:
     """True in the entrypoint of a Ray job (``mltrain submit``): its runtime env already reaches every worker."""
-    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    return JOB_CONFIG_VAR in os.environ
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ import numpy as np
 
 from mltrain import metrics
 from mltrain.data.layout import CLASS_NAMES
+from mltrain.tracking.runlog import RunLog
 
 
 @dataclass
@@ -148,11 +149,11 @@ def _rounded(values: np.ndarray) -> list[float | None]:
     return [None if math.isnan(v) else round(float(v), 4) for v in values]
 
 
-def record_class_report(tracker: Any, confusion: Sequence[Sequence[int]], step: int) -> ClassReport:
+def record_class_report(tracker: RunLog, confusion: Sequence[Sequence[int]], step: int) -> ClassReport:
     """Log the per-class metrics, table and pictures of a test evaluation into the tracker's run.
 
     Args:
-        tracker: The run's tracker (a disabled one logs nothing).
+        tracker: The run's logger.
         confusion: The test confusion matrix (rows: true class).
         step: The step of the test metrics (the last epoch).
     """

@@ -54,12 +54,12 @@ def _imagenet_state_dict() -> dict[str, torch.Tensor]:
 
 def backbone(model: nn.Module) -> nn.Module:
     """The convolutional feature extractor (everything but the classifier head)."""
-    return model.features
+    return model.get_submodule("features")
 
 
 def head(model: nn.Module) -> nn.Module:
     """The classifier head trained in phase 1."""
-    return model.classifier
+    return model.get_submodule("classifier")
 
 
 def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from mltrain.errors import RegistryError
 from mltrain.metrics import EXPERIMENT, MODEL_NAME, TEST_ACCURACY
 from mltrain.tracking import open_client
-from mltrain.tracking.session import BEST_MODEL_TAG
+from mltrain.tracking.owner import BEST_MODEL_TAG
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -68,7 +68,8 @@ class VersionInfo:
     value: float | None
     """The source run's metric value (or, if that run is gone, the value recorded at promotion)."""
     created: datetime
-    source: str
+    source: str | None
+    """Where the version's files were registered from (MLflow allows a version without one)."""
 
 
 def best_run(experiment: str = EXPERIMENT, metric: str = TEST_ACCURACY, mode: str = "max") -> Run:
@@ -151,7 +152,7 @@ def promote(
             f"({metric} {value:.4f}); nothing changed"
         )
         return outcome
-    if champion_value is not None and not _beats(value, champion_value, mode, min_improvement):
+    if champion is not None and champion_value is not None and not _beats(value, champion_value, mode, min_improvement):
         outcome.message = (
             f"kept {model}@{alias} on version {champion.version} ({metric} {champion_value:.4f}): the best run "
             f"{run_id} has {metric} {value:.4f}, which does not {'exceed' if mode == 'max' else 'go below'} it "

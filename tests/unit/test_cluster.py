@@ -14,7 +14,9 @@ import pytest
 
 from mltrain import env
 from mltrain.cli import main
-from mltrain.cluster import local, processes
+from mltrain.cluster import nodes as cluster_nodes
+from mltrain.cluster import processes
+from mltrain.cluster.capacity import NodeResources
 from mltrain.cluster.connection import client_auth, resolve_address, resolve_cluster
 from mltrain.cluster.jobs import JobRequest, check_feasible, describe, read_requirements
 from mltrain.cluster.local import ClusterSpec
@@ -23,10 +25,8 @@ from mltrain.cluster.status import demands_from_report
 from mltrain.errors import ClusterError, InfeasibleRequest
 
 
-def _node(name: str, state: str = "ALIVE", labels: dict[str, str] | None = None, **resources: float) -> SimpleNamespace:
-    return SimpleNamespace(
-        node_name=name, node_id=f"{name}-id", state=state, resources_total=resources, labels=labels or {}
-    )
+def _node(name: str, state: str = "ALIVE", labels: dict[str, str] | None = None, **resources: float) -> NodeResources:
+    return NodeResources(name, state == "ALIVE", resources, labels or {}, node_id=f"{name}-id")
 
 
 LAB = [_node("head"), _node("worker-0", CPU=8, GPU=1), _node("worker-1", CPU=8, GPU=1)]
@@ -246,23 +246,23 @@ def test_cluster_spec_validation() -> None:
 
 def test_real_gpus_are_split_between_workers_or_left_logical(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
-    assert local._split_gpus(2, 2) == ["0,1", "2,3"]
-    assert local._split_gpus(2, 1) == ["0", "1"]
-    assert local._split_gpus(3, 2) == [None, None, None], "too few GPUs: logical only, nothing hidden"
-    assert local._split_gpus(2, 0) == [None, None]
+    assert cluster_nodes.split_gpus(2, 2) == ["0,1", "2,3"]
+    assert cluster_nodes.split_gpus(2, 1) == ["0", "1"]
+    assert cluster_nodes.split_gpus(3, 2) == [None, None, None], "too few GPUs: logical only, nothing hidden"
+    assert cluster_nodes.split_gpus(2, 0) == [None, None]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert local._split_gpus(1, 1) == [None]
+    assert cluster_nodes.split_gpus(1, 1) == [None]
 
 
 def test_node_environment_marks_the_processes_and_carries_the_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", "stale:1")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "someone-elses")
-    node_env = local._node_env("cid", "worker-1", "/state/auth_token")
+    node_env = cluster_nodes._node_env("cid", "worker-1", "/state/auth_token")
     assert node_env[processes.CLUSTER_ID_VAR] == "cid" and node_env[processes.NODE_NAME_VAR] == "worker-1"
     assert node_env["RAY_AUTH_MODE"] == "token" and node_env["RAY_AUTH_TOKEN_PATH"] == "/state/auth_token"
     assert "RAY_ADDRESS" not in node_env and "RAY_AUTH_TOKEN" not in node_env
     assert node_env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
-    assert local._node_env("cid", "head", None)["RAY_AUTH_MODE"] == "disabled"
+    assert cluster_nodes._node_env("cid", "head", None)["RAY_AUTH_MODE"] == "disabled"
 
 
 def test_node_processes_finds_marked_processes_only(tmp_path: Path) -> None:

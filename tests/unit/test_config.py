@@ -152,7 +152,7 @@ def test_resume_keeps_the_checkpoint_config_and_allows_only_steering_keys() -> N
     from mltrain.config import resolve_resume
 
     saved = TrainConfig(image_size=96, total_epochs=8, pretrained=False).model_dump()
-    config, changes = resolve_resume(saved, overrides=["total_epochs=12", "num_workers=0"])
+    config, changes, _ = resolve_resume(saved, overrides=["total_epochs=12", "num_workers=0"])
     assert config.image_size == 96 and config.total_epochs == 12  # the checkpoint's config, not the defaults
     assert changes == {"total_epochs": (8, 12), "num_workers": ("auto", 0)}
     assert resolve_resume(saved)[1] == {}
@@ -162,3 +162,35 @@ def test_resume_keeps_the_checkpoint_config_and_allows_only_steering_keys() -> N
         resolve_resume(saved, overrides={"batch_size": 64, "seed": 1})
     with pytest.raises(ConfigError, match="unknown config key"):
         resolve_resume(saved, overrides=["epochs=3"])
+
+
+def test_launcher_keys_are_not_config_keys_but_files_that_hold_them_still_load(tmp_path: Path) -> None:
+    from mltrain.config import LEGACY_LAUNCHER_KEYS, resolve
+
+    assert not set(LEGACY_LAUNCHER_KEYS) & set(TrainConfig.keys())
+    with pytest.raises(ConfigError, match="workers: where a training runs is the launcher's business"):
+        TrainConfig.build(overrides=["workers=2"])
+    with pytest.raises(ConfigError, match="engine=ray"):
+        TrainConfig.from_mapping({"engine": "ray"})
+    # What `config show` wrote before 0.2: every key, the Ray launcher's among them.
+    old = tmp_path / "old.yaml"
+    old.write_text("engine: ray\nworkers: 2\ncpus_per_worker: 0.5\nstorage: null\nlr: 0.002\n")
+    config, launch = resolve(old, ["total_epochs=7"])
+    assert config.engine == "lightning" and config.lr == 0.002 and config.total_epochs == 7
+    assert launch.launcher == "ray" and launch.options == {"workers": 2, "cpus_per_worker": 0.5, "storage": None}
+    assert resolve(old, ["engine=torch"])[1].launcher is None  # asked for by name: no alias
+    assert TrainConfig.from_saved({**config.model_dump(), "workers": 2}) == config
+
+
+def test_a_checkpoint_of_before_0_2_resumes_with_its_launcher_keys_apart() -> None:
+    from mltrain.config import resolve_resume
+
+    saved = {**TrainConfig(total_epochs=8).model_dump(), "engine": "ray", "workers": 2, "max_failures": 3}
+    config, changes, launch = resolve_resume(saved, overrides=["total_epochs=12", "workers=1"])
+    assert config.engine == "lightning" and changes == {"total_epochs": (8, 12)}
+    assert launch.launcher == "ray" and launch.options == {"workers": 1, "max_failures": 3}
+    # The same checkpoint on another launcher: the engine named keeps the checkpoint's (lightning).
+    config, changes, launch = resolve_resume(saved, overrides=["engine=lightning"])
+    assert changes == {} and launch.launcher is None
+    with pytest.raises(ConfigError, match="cannot change engine"):
+        resolve_resume(saved, overrides=["engine=torch"])

@@ -18,7 +18,7 @@ from mltrain.data.module import Food11Data, LoaderPlan
 from mltrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_model_input
 from mltrain.engines.common import autocast_dtype
 from mltrain.engines.torch_engine import TorchRecipe
-from mltrain.tracking import RunTracker
+from mltrain.tracking import NullLogger
 
 
 def test_loader_plan_follows_the_device_and_the_cores() -> None:
@@ -61,7 +61,7 @@ def test_fast_path_variants_train(tiny_data: Path, tmp_path: Path, overrides: di
         initial_epochs=1, total_epochs=2, image_size=32, batch_size=16, pretrained=False, num_workers=0, **overrides
     )
     data = Food11Data(tiny_data, config, progress=False).setup()
-    recipe = TorchRecipe(config, data, RunTracker(enabled=False), tmp_path, progress=False, on_epoch_end=None)
+    recipe = TorchRecipe(config, data, NullLogger(), tmp_path, progress=False, on_epoch_end=None)
     result = recipe.run()
     assert result.epochs_run == 2
     assert torch.isfinite(torch.tensor(result.test_loss)) and 0.0 <= result.test_accuracy <= 1.0

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.tracking import MlflowClient
 
-from mltrain import env, metrics, training
+from mltrain import env, metrics
 from mltrain.config import TrainConfig
 from mltrain.data.module import Food11Data
 from mltrain.data.transforms import to_model_input
@@ -23,7 +23,8 @@ from mltrain.engines.lightning import callbacks, recipe
 from mltrain.engines.lightning.module import Food11Module
 from mltrain.errors import TrainingInterrupted
 from mltrain.model import count_trainable
-from mltrain.tracking import RunTracker
+from mltrain.tracking import NullLogger
+from mltrain.training import run as training  # where the run is finalized
 from mltrain.training import train
 
 TINY = {
@@ -87,7 +88,7 @@ class _PhaseRecorder(Callback):
 def test_backbone_frozen_in_phase_one_then_trained_at_fine_tune_lr(tiny_data: Path, tmp_path: Path) -> None:
     config = TrainConfig(**{**TINY, "lr": 1e-3, "fine_tune_lr": 1e-4})
     data = Food11Data(tiny_data, config, progress=False).setup()
-    recipe_ = engine.LightningRecipe(config, data, RunTracker(enabled=False), tmp_path, False, None)
+    recipe_ = engine.LightningRecipe(config, data, NullLogger(), tmp_path, False, None)
     recorder = _PhaseRecorder()
     recipe_.trainer.callbacks.append(recorder)  # after TwoPhaseFinetuning: sees each epoch as it trains
 
@@ -121,7 +122,7 @@ def test_reproduces_the_plain_engine_when_nothing_is_random(tiny_data: Path, tmp
         results[name] = fit(
             config.with_overrides(engine=name),
             data,
-            RunTracker(enabled=False),
+            NullLogger(),
             tmp_path / name,
             on_epoch_end=lambda epoch, values, path, name=name: epochs[name].append(values),
             progress=False,
@@ -181,7 +182,7 @@ def test_early_stopping_and_best_weights_count_fine_tuning_epochs_only(
     monkeypatch.setattr(Food11Module, "validation_step", validation_step)
     config = TrainConfig(**{**TINY, "total_epochs": 4, "patience": 1})
     data = Food11Data(tiny_data, config, progress=False).setup()
-    result = engine.fit(config, data, RunTracker(enabled=False), tmp_path, progress=False)
+    result = engine.fit(config, data, NullLogger(), tmp_path, progress=False)
     assert result.stopped_early and result.epochs_run == 3  # epoch 2 without a lower val_loss; 3 never ran
     assert result.best_epoch == 1 and result.best_val_loss == pytest.approx(0.9)
 

@@ -6,13 +6,15 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from mltrain import metrics, training
+from mltrain import metrics
 from mltrain.config import TrainConfig
 from mltrain.engines import checkpoint as checkpoint_module
 from mltrain.engines import torch_engine
 from mltrain.engines.checkpoint import load_checkpoint
 from mltrain.errors import ConfigError
-from mltrain.training import train
+from mltrain.tracking import RunSpec
+from mltrain.training import TrainResult, plan_training, run_training, train
+from mltrain.training import run as training  # where the run is finalized
 
 TINY = {"initial_epochs": 1, "total_epochs": 2, "pretrained": False, "image_size": 64, "batch_size": 16}
 
@@ -44,13 +46,19 @@ def test_train_from_the_start_in_an_existing_run(tiny_data: Path) -> None:
     experiment = client.create_experiment(metrics.EXPERIMENT)
     run_id = client.create_run(experiment, tags={"mltrain.tune.trial_id": "t1"}).info.run_id
     client.set_terminated(run_id, "FAILED")
-    result = train(TrainConfig(**TINY), data_dir=tiny_data, progress=False, run_id=run_id)
+
+    def train_in(run_id: str, resume: Path | None = None) -> TrainResult:
+        more = {"total_epochs": 3} if resume else {}  # a plan that could go on, so only the run is in question
+        plan = plan_training(TrainConfig(**TINY), more, None, tiny_data, resume, None)
+        return run_training(plan, RunSpec(run_id=run_id), progress=False)
+
+    result = train_in(run_id)
     assert result.run_id == run_id and len(client.search_runs([experiment])) == 1
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["mltrain.tune.trial_id"] == "t1"
     assert _history(run_id, metrics.VAL_LOSS) == [0, 1]
     with pytest.raises(ConfigError, match="not both"):
-        train(TrainConfig(**TINY), data_dir=tiny_data, progress=False, run_id=run_id, resume=result.checkpoint)
+        train_in(run_id, resume=result.checkpoint)
 
 
 def test_interrupted_training_resumes_exactly(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -147,11 +155,11 @@ def test_resume_from_a_copy_of_the_checkpoint_folder(tiny_data: Path, tmp_path: 
 
 def test_early_stopping_keeps_the_best_weights_without_logging_a_model(tiny_data: Path, tmp_path: Path) -> None:
     from mltrain.data.module import Food11Data
-    from mltrain.tracking import RunTracker
+    from mltrain.tracking import NullLogger
 
     config = TrainConfig(**{**TINY, "total_epochs": 10, "patience": 2})
     data = Food11Data(tiny_data, config, progress=False).setup()
-    tracker = RunTracker(enabled=False)
+    tracker = NullLogger()
     recipe = torch_engine.TorchRecipe(config, data, tracker, tmp_path, False, None)
     recipe._setup_phase(torch_engine.FINE_TUNE)
     kept = []
@@ -173,3 +181,19 @@ def test_trainable_params_logged_per_phase(tiny_data: Path) -> None:
     by_step = {m.step: m.value for m in history}
     assert by_step[0] == 1280 * 11 + 11
     assert by_step[1] > 2_000_000
+
+
+def test_a_checkpoint_written_before_launchers_existed_resumes(tiny_data: Path) -> None:
+    # Before 0.2 the config held the Ray launcher's options (at their defaults for a local training), and every
+    # checkpoint.pt saved them: such a folder still resumes, in its run, each epoch once.
+    first = train(TrainConfig(**TINY), data_dir=tiny_data, progress=False)
+    payload = torch.load(first.checkpoint, weights_only=True)
+    old_keys = {"workers": 1, "min_workers": None, "resize_interval": 60.0, "cpus_per_worker": 1.0}
+    old_keys |= {"gpus_per_worker": 0.0, "max_failures": 2, "storage": None}
+    payload["state"]["config"] = {**payload["state"]["config"], **old_keys}
+    torch.save(payload, first.checkpoint)
+
+    longer = train(resume=first.checkpoint.parent, overrides={"total_epochs": 3}, progress=False)
+    assert longer.run_id == first.run_id and longer.epochs_run == 3
+    assert _history(first.run_id, metrics.VAL_LOSS) == [0, 1, 2]
+    assert "workers" not in load_checkpoint(first.checkpoint.parent)["state"].config  # saved without them now

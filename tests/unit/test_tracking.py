@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from mltrain.config import TrainConfig
 from mltrain.errors import TrackingError, TrainingInterrupted
 from mltrain.model import build_model
-from mltrain.tracking import BEST_MODEL_TAG, RunTracker, gpu_info_text, open_client
+from mltrain.tracking import BEST_MODEL_TAG, NullLogger, RunLogger, RunOwner, RunSpec, gpu_info_text, open_client
 from mltrain.tracking.starter import RunStarter
 
 
@@ -22,8 +22,13 @@ def _status(run_id: str) -> str:
     return MlflowClient().get_run(run_id).info.status
 
 
+def _owner(run_id: str | None = None, experiment: str = "t", **options: object) -> RunOwner:
+    return RunOwner(RunSpec(experiment, run_id=run_id), **{"system_metrics": False, **options})  # type: ignore[arg-type]
+
+
 def test_finished_run_has_what_was_logged() -> None:
-    with RunTracker(experiment="t", system_metrics=False) as tracker:
+    with _owner() as owner:
+        tracker = owner.logger
         tracker.log_params({"a": 1})
         tracker.log_metrics({"val_loss": 0.5}, step=3)
         tracker.log_text("hello", "notes.txt")
@@ -40,19 +45,19 @@ def test_finished_run_has_what_was_logged() -> None:
     [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED"), (TrainingInterrupted(15), "KILLED")],
 )
 def test_exceptions_end_the_run(error: BaseException, status: str) -> None:
-    tracker = RunTracker(experiment="t", system_metrics=False)
+    tracker = _owner()
     with pytest.raises(type(error)), tracker:
         raise error
     assert _status(tracker.run_id) == status
     assert mlflow.active_run() is None
     # the next run starts cleanly
-    with RunTracker(experiment="t", system_metrics=False) as again:
+    with _owner() as again:
         pass
     assert _status(again.run_id) == "FINISHED"
 
 
 def test_failed_run_records_the_error() -> None:
-    tracker = RunTracker(experiment="t", system_metrics=False)
+    tracker = _owner()
     with pytest.raises(ValueError), tracker:
         raise ValueError("bad thing")
     assert MlflowClient().get_run(tracker.run_id).data.tags["mltrain.error"] == "ValueError: bad thing"
@@ -61,8 +66,8 @@ def test_failed_run_records_the_error() -> None:
 def test_with_a_run_already_active_it_becomes_a_child() -> None:
     mlflow.set_experiment("t")
     with mlflow.start_run() as parent:
-        with RunTracker(experiment="t", system_metrics=False) as tracker:
-            tracker.log_metrics({"x": 1.0}, step=0)
+        with _owner() as tracker:
+            tracker.logger.log_metrics({"x": 1.0}, step=0)
         assert tracker.run_id != parent.info.run_id
         assert tracker.parent_run_id == parent.info.run_id
         # the parent is still the active run and untouched
@@ -76,20 +81,20 @@ def test_with_a_run_already_active_it_becomes_a_child() -> None:
 def test_attach_to_the_active_run_by_id_leaves_it_open() -> None:
     mlflow.set_experiment("t")
     with mlflow.start_run() as outer:
-        with RunTracker(run_id=outer.info.run_id, system_metrics=False) as tracker:
-            tracker.log_metrics({"y": 2.0}, step=1)
+        with _owner(run_id=outer.info.run_id) as tracker:
+            tracker.logger.log_metrics({"y": 2.0}, step=1)
         assert mlflow.active_run().info.run_id == outer.info.run_id
     assert MlflowClient().get_run(outer.info.run_id).data.metrics["y"] == 2.0
 
 
 def test_reattach_after_a_restart_continues_the_same_run() -> None:
-    first = RunTracker(experiment="t", system_metrics=False)
+    first = _owner()
     with pytest.raises(KeyboardInterrupt), first:
-        first.log_metrics({"val_loss": 1.0}, step=0)
+        first.logger.log_metrics({"val_loss": 1.0}, step=0)
         raise KeyboardInterrupt
     assert _status(first.run_id) == "KILLED"
-    with RunTracker(run_id=first.run_id, system_metrics=False) as second:
-        second.log_metrics({"val_loss": 0.8}, step=1)
+    with _owner(run_id=first.run_id) as second:
+        second.logger.log_metrics({"val_loss": 0.8}, step=1)
     assert second.run_id == first.run_id
     history = MlflowClient().get_metric_history(first.run_id, "val_loss")
     assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.8)]
@@ -98,9 +103,11 @@ def test_reattach_after_a_restart_continues_the_same_run() -> None:
 
 def test_other_ranks_log_nothing() -> None:
     before = len(MlflowClient().search_experiments())
-    with RunTracker(experiment="rank1-only", enabled=False) as tracker:
+    with NullLogger() as tracker:  # ranks other than 0 own no run (so they log no model) and log nothing
         tracker.log_metrics({"x": 1.0}, step=0)
-        assert tracker.log_model(torch.nn.Linear(2, 2), 8) is None
+        tracker.log_epoch(0, {"x": 1.0})
+        tracker.set_tags({"a": "b"})
+        assert tracker.log_history({0: {"x": 1.0}}) == [] and tracker.tag_value("a") is None
     assert tracker.run_id is None
     assert mlflow.active_run() is None
     assert len(MlflowClient().search_experiments()) == before
@@ -108,7 +115,7 @@ def test_other_ranks_log_nothing() -> None:
 
 def test_logged_model_takes_any_batch_and_image_size() -> None:
     model = build_model(TrainConfig(pretrained=False)).to(memory_format=torch.channels_last)
-    with RunTracker(experiment="t", system_metrics=False) as tracker:
+    with _owner() as tracker:
         uri = tracker.log_model(model, image_size=96, step=4)
     assert MlflowClient().get_run(tracker.run_id).data.tags[BEST_MODEL_TAG] == uri
     loaded = mlflow.pytorch.load_model(uri)
@@ -128,13 +135,13 @@ def test_gpu_info_mentions_torch() -> None:
 
 
 def test_each_step_is_logged_once_whatever_restarts() -> None:
-    with RunTracker(experiment="t", system_metrics=False) as first:
-        first.log_metrics({"val_loss": 0.9, "val_accuracy": 0.1}, step=0)
-        first.log_metrics({"val_loss": 0.8}, step=1)
+    with _owner() as first:
+        first.logger.log_metrics({"val_loss": 0.9, "val_accuracy": 0.1}, step=0)
+        first.logger.log_metrics({"val_loss": 0.8}, step=1)
     # A resumed training re-attaches: it re-runs epoch 1 and replays a checkpoint history holding 0..2.
-    with RunTracker(experiment="t", run_id=first.run_id, system_metrics=False) as again:
-        again.log_metrics({"val_loss": 0.8, "val_accuracy": 0.2}, step=1)  # only val_accuracy is new at step 1
-        filled = again.log_history({0: {"val_loss": 0.9, "val_accuracy": 0.1}, 2: {"val_loss": 0.7}})
+    with _owner(run_id=first.run_id) as again:
+        again.logger.log_metrics({"val_loss": 0.8, "val_accuracy": 0.2}, step=1)  # only val_accuracy is new at 1
+        filled = again.logger.log_history({0: {"val_loss": 0.9, "val_accuracy": 0.1}, 2: {"val_loss": 0.7}})
     assert filled == [2]
     client = MlflowClient()
     assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "val_loss")] == [
@@ -147,10 +154,10 @@ def test_each_step_is_logged_once_whatever_restarts() -> None:
 
 
 def test_a_worker_attaches_logs_and_never_ends_the_run() -> None:
-    owner = RunTracker(experiment="t", system_metrics=False)
+    owner = _owner()
     owner.start()
     try:
-        with RunTracker(run_id=owner.run_id, owner=False) as worker:
+        with RunLogger(str(owner.run_id)) as worker:
             worker.log_metrics({"train_loss": 1.5}, step=0)
             worker.set_tags({"mltrain.ray.restarts": "0"})
             time.sleep(2.5)  # system metrics are sampled every second in the tests (conftest)
@@ -162,30 +169,30 @@ def test_a_worker_attaches_logs_and_never_ends_the_run() -> None:
     assert "system/cpu_utilization_percentage" in run.data.metrics  # the worker's machine, sampled into the run
     assert run.data.tags["mltrain.ray.restarts"] == "0"
     with pytest.raises(ValueError):
-        RunTracker(owner=False)
+        RunLogger("")
     with pytest.raises(TrackingError):
-        RunTracker(run_id="0" * 32, owner=False).start()
+        RunLogger("0" * 32).attach()
 
 
 def test_a_worker_shorter_than_the_sampling_interval_still_samples_its_machine(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "60")
-    owner = RunTracker(experiment="t", system_metrics=False)
+    owner = _owner()
     owner.start()
     try:
         for _ in range(2):  # a restarted worker goes on from the run's last sample
-            with RunTracker(run_id=owner.run_id, owner=False) as worker:
+            with RunLogger(str(owner.run_id)) as worker:
                 worker.log_metrics({"train_loss": 1.5}, step=0)
     finally:
         owner.end("FINISHED")
     history = MlflowClient().get_metric_history(owner.run_id, "system/cpu_utilization_percentage")
     assert sorted(point.step for point in history) == [0, 1]
     # The process that owns a run samples its machine the same way, also when it is resumed.
-    with RunTracker(experiment="t") as new:
-        new.log_metrics({"train_loss": 1.0}, step=0)
-    with RunTracker(experiment="t", run_id=owner.run_id) as resumed:
-        resumed.log_metrics({"train_loss": 1.0}, step=1)
+    with _owner(system_metrics=True) as new:
+        new.logger.log_metrics({"train_loss": 1.0}, step=0)
+    with _owner(run_id=owner.run_id, system_metrics=True) as resumed:
+        resumed.logger.log_metrics({"train_loss": 1.0}, step=1)
     for run_id, steps in ((new.run_id, [0]), (owner.run_id, [0, 1, 2])):
         history = MlflowClient().get_metric_history(run_id, "system/cpu_utilization_percentage")
         assert sorted(point.step for point in history) == steps
@@ -208,11 +215,12 @@ def test_the_helper_creates_the_run_and_the_tracker_attaches_once_mlflow_is_load
 
     recorded: list[str] = []
     loaded = threading.Event()
-    monkeypatch.setattr(RunTracker, "_warm_up", lambda self: loaded.wait(60))  # MLflow "loads" until told
-    tracker = RunTracker(experiment="helped", run_id=created.run_id, system_metrics=False, lazy=True)
-    with tracker:
-        tracker.when_started(lambda: recorded.append("start records"))
-        tracker.when_started(lambda: tracker.log_params({"lr": 0.1}))
+    monkeypatch.setattr(RunLogger, "_warm_up", lambda self: loaded.wait(60))  # MLflow "loads" until told
+    owner = _owner(created.run_id, "helped", fresh=True, deferred=True, experiment_id=created.experiment_id)
+    with owner:
+        tracker = owner.logger
+        tracker.when_attached(lambda: recorded.append("start records"))
+        tracker.when_attached(lambda: tracker.log_params({"lr": 0.1}))
         tracker.training_started(0)  # MLflow loads behind the loop from now on
         tracker.log_epoch(0, {"val_loss": 1.0})  # still loading: the epoch is kept, the loop does not wait
         assert recorded == [] and not MlflowClient().get_metric_history(created.run_id, "val_loss")
@@ -230,9 +238,9 @@ def test_a_lazy_run_interrupted_before_its_first_use_still_ends_killed_with_its_
     starter = RunStarter("helped", None)
     created = starter.create({})
     starter.close()
-    tracker = RunTracker(experiment="helped", run_id=created.run_id, system_metrics=False, lazy=True)
-    with pytest.raises(KeyboardInterrupt), tracker:
-        tracker.when_started(lambda: tracker.log_params({"lr": 0.1}))
+    owner = _owner(created.run_id, "helped", fresh=True, deferred=True, experiment_id=created.experiment_id)
+    with pytest.raises(KeyboardInterrupt), owner:
+        owner.logger.when_attached(lambda: owner.logger.log_params({"lr": 0.1}))
         raise KeyboardInterrupt
     run = MlflowClient().get_run(created.run_id)
     assert run.info.status == "KILLED" and run.data.params == {"lr": "0.1"}
@@ -271,8 +279,8 @@ def _record_the_dataset_at_once(run_ids: list[str], barrier: Any, errors: Any) -
     from mltrain.tracking.datasets import Food11Dataset
 
     for round_, run_id in enumerate(run_ids):
-        tracker = RunTracker(run_id=run_id, owner=False, system_metrics=False)
-        tracker.start()
+        tracker = RunLogger(run_id, system_metrics=False)
+        tracker.attach()
         dataset = Food11Dataset(Path("/data/Food-11"), f"{round_:016x}" * 4, {"training": [4] * 11})
         barrier.wait()
         try:

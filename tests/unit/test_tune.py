@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from mltrain.config import TrainConfig
 from mltrain.errors import ConfigError
-from mltrain.launch import tune
-from mltrain.launch.tune import DEFAULT_SEARCH, SearchSettings, TrialSummary, parse_search
+from mltrain.launchers.ray import RayOptions
+from mltrain.search import (
+    DEFAULT_SEARCH,
+    SearchPlan,
+    SearchSettings,
+    TrialSummary,
+    parse_search,
+    place,
+    plan_search,
+    results,
+    trial,
+)
+from mltrain.search.tags import LOST_ATTEMPTS_TAG, TRIAL_TAG
 
-BASE = TrainConfig(engine="ray", total_epochs=4, initial_epochs=1)
+BASE = TrainConfig(engine="lightning", total_epochs=4, initial_epochs=1)
 
 
 def test_the_default_search_is_the_labs() -> None:
@@ -100,12 +110,9 @@ def test_settings_out_of_range_are_config_errors(settings: SearchSettings, messa
         settings.check()
 
 
-def _plan(monkeypatch: pytest.MonkeyPatch, nodes: list[dict], **settings: object) -> tune._Plan:
-    import ray
-
-    monkeypatch.setattr(ray, "nodes", lambda: nodes)
-    plan = tune._Plan(BASE, {}, SearchSettings(samples=16, max_epochs=4, **settings), data_dir=None)  # type: ignore[arg-type]
-    tune._place(plan)
+def _plan(nodes: list[dict], **settings: object) -> SearchPlan:
+    plan = SearchPlan(BASE, RayOptions(), {}, SearchSettings(samples=16, max_epochs=4, **settings), data_dir=None)  # type: ignore[arg-type]
+    place(plan, nodes)
     return plan
 
 
@@ -113,36 +120,34 @@ def _node(alive: bool = True, **resources: float) -> dict:
     return {"Alive": alive, "Resources": resources}
 
 
-def test_trials_default_to_half_a_gpu_and_as_many_at_once_as_the_gpus_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trials_default_to_half_a_gpu_and_as_many_at_once_as_the_gpus_hold() -> None:
     nodes = [_node(CPU=8, GPU=2), _node(CPU=8, GPU=1), _node(CPU=4), _node(alive=False, CPU=64, GPU=8)]
-    plan = _plan(monkeypatch, nodes)
-    assert plan.base.gpus_per_worker == 0.5 and plan.settings.gpus_per_trial == 0.5
+    plan = _plan(nodes)
+    assert plan.options.gpus_per_worker == 0.5 and plan.settings.gpus_per_trial == 0.5
     assert plan.settings.max_concurrent == 6  # 4 + 2 half-GPU workers; the dead node does not count
 
 
-def test_on_cpus_concurrency_follows_the_cpus_and_workers_per_trial(monkeypatch: pytest.MonkeyPatch) -> None:
-    plan = _plan(monkeypatch, [_node(CPU=3), _node(CPU=4)], workers_per_trial=2)
+def test_on_cpus_concurrency_follows_the_cpus_and_workers_per_trial() -> None:
+    plan = _plan([_node(CPU=3), _node(CPU=4)], workers_per_trial=2)
     assert plan.settings.gpus_per_trial == 0 and plan.settings.cpus_per_trial == 2
     assert plan.settings.max_concurrent == 3  # 7 one-CPU workers hold three 2-worker trials
-    assert _plan(monkeypatch, [_node(CPU=64)]).settings.max_concurrent == 16  # never more than the samples
-    assert _plan(monkeypatch, [_node(CPU=64)], max_concurrent=5).settings.max_concurrent == 5
+    assert _plan([_node(CPU=64)]).settings.max_concurrent == 16  # never more than the samples
+    assert _plan([_node(CPU=64)], max_concurrent=5).settings.max_concurrent == 5
 
 
-def test_elastic_trials_are_sized_for_their_most_workers(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ray
-
+def test_elastic_trials_are_sized_for_their_most_workers(tiny_data: Path) -> None:
     settings = SearchSettings(samples=4, max_epochs=2, workers_per_trial=2, min_workers_per_trial=1, cpus_per_trial=1)
-    plan = tune._plan(None, ["lr=uniform(0.001,0.01)"], ["initial_epochs=1"], None, tiny_data, settings, None)
-    assert (plan.base.min_workers, plan.base.workers, plan.base.cpus_per_worker) == (1, 2, 0.5)
-    assert plan.base.engine == "ray" and plan.base.total_epochs == 2 and Path(plan.base.output_dir).is_absolute()
-    monkeypatch.setattr(ray, "nodes", lambda: [_node(CPU=3)])
-    tune._place(plan)
+    plan = plan_search(None, ["lr=uniform(0.001,0.01)"], ["initial_epochs=1"], None, tiny_data, settings, None)
+    assert (plan.options.min_workers, plan.options.workers, plan.options.cpus_per_worker) == (1, 2, 0.5)
+    # every trial on Ray Train: the lightning engine on the Ray launcher
+    assert plan.base.engine == "lightning" and plan.base.total_epochs == 2 and Path(plan.base.output_dir).is_absolute()
+    place(plan, [_node(CPU=3)])
     assert plan.settings.max_concurrent == 3  # 6 half-CPU workers: three trials at their 2 workers
 
 
-def test_a_trial_the_cluster_cannot_hold_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_trial_the_cluster_cannot_hold_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="a trial needs 3 worker"):
-        _plan(monkeypatch, [_node(CPU=2)], workers_per_trial=3)
+        _plan([_node(CPU=2)], workers_per_trial=3)
 
 
 def _trial(name: str, score: float | None, epochs: int, outcome: str = "completed") -> TrialSummary:
@@ -153,9 +158,9 @@ def _trial(name: str, score: float | None, epochs: int, outcome: str = "complete
 def test_the_best_trial_is_ranked_by_the_last_value_then_by_epochs(mode: str, best: str) -> None:
     trials = [_trial("a", 0.5, 1, "stopped"), _trial("b", 0.7, 4), _trial("c", 0.4, 4), _trial("d", 0.5, 4)]
     trials.append(_trial("e", None, 0, "failed"))
-    plan = tune._Plan(BASE, {}, SearchSettings(samples=5, max_epochs=4, metric="val_accuracy", mode=mode), None)  # type: ignore[arg-type]
-    parent = SimpleNamespace(run_id="parent")
-    result = tune._summarize(plan, parent, trials, "experiment", started=0.0)
+    settings = SearchSettings(samples=5, max_epochs=4, metric="val_accuracy", mode=mode)
+    plan = SearchPlan(BASE, RayOptions(), {}, settings, None)  # type: ignore[arg-type]
+    result = results.summarize(plan, "parent", trials, "experiment", started=0.0)
     assert result.best.name == best and [t.name for t in result.trials][-1] == "e"
     if mode == "max":
         assert [t.name for t in result.trials] == ["b", "d", "a", "c", "e"]  # d before a: same score, more epochs
@@ -169,31 +174,31 @@ def test_a_retried_trial_keeps_its_run_when_the_lost_attempt_logged_no_epoch(tmp
     from mlflow.tracking import MlflowClient
 
     from mltrain import metrics
-    from mltrain.launch.ray import RUN_NAME_TAG
+    from mltrain.launchers.ray.tags import RUN_NAME_TAG
 
     client = MlflowClient()
     experiment = client.create_experiment("search")
     parent = client.create_run(experiment).info.run_id
-    config = TrainConfig(engine="ray", output_dir=str(tmp_path / "outputs"))
-    job = tune.TrialJob(config.model_dump(), str(tmp_path), "search", client.tracking_uri, parent)
+    config, options = TrainConfig(engine="lightning", output_dir=str(tmp_path / "outputs")), RayOptions()
+    job = trial.TrialJob(config.model_dump(), str(tmp_path), "search", client.tracking_uri, parent)
 
     def trial_run(trial_id: str) -> str:
-        tags = {"mlflow.parentRunId": parent, tune.TRIAL_TAG: trial_id, RUN_NAME_TAG: f"never-reported-{trial_id}"}
+        tags = {"mlflow.parentRunId": parent, TRIAL_TAG: trial_id, RUN_NAME_TAG: f"never-reported-{trial_id}"}
         return client.create_run(experiment, tags=tags).info.run_id
 
-    assert tune._earlier_attempt(job, "t0", config) == (None, None)  # a first attempt
+    assert trial.earlier_attempt(job, "t0", config, options) == (None, None)  # a first attempt
 
     # Lost before its first epoch (here it raised: the run has the error): the retry trains in the same run.
     quiet = trial_run("t1")
     client.set_tag(quiet, "mltrain.error", "OperationalError: database is locked")
     client.set_terminated(quiet, "FAILED")
-    assert tune._earlier_attempt(job, "t1", config) == (None, quiet)
+    assert trial.earlier_attempt(job, "t1", config, options) == (None, quiet)
     tags = client.get_run(quiet).data.tags
-    assert tags[tune.LOST_ATTEMPTS_TAG] == "1" and "database is locked" in tags["mltrain.tune.lost_attempt.1"]
+    assert tags[LOST_ATTEMPTS_TAG] == "1" and "database is locked" in tags["mltrain.tune.lost_attempt.1"]
     assert "mltrain.error" not in tags
 
     # Lost after logging epochs but before Ray registered a checkpoint: that run ends FAILED, the retry starts anew.
     logged = trial_run("t2")
     client.log_metric(logged, metrics.VAL_LOSS, 2.3, step=0)
-    assert tune._earlier_attempt(job, "t2", config) == (None, None)
+    assert trial.earlier_attempt(job, "t2", config, options) == (None, None)
     assert client.get_run(logged).info.status == "FAILED"

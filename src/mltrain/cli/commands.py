@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from mltrain import metrics
+
+if TYPE_CHECKING:
+    from mltrain.launchers import Launcher
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML file of config keys (see `mltrain config show`).")
@@ -19,7 +22,7 @@ SetOption = Annotated[
 ]
 
 
-def _overrides(sets: list[str] | None, **flags: object) -> list[str]:
+def overrides(sets: list[str] | None, **flags: object) -> list[str]:
     """``--set`` values plus dedicated flags (which win), as key=value strings."""
     items = list(sets or [])
     items += [f"{key}={value}" for key, value in flags.items() if value is not None]
@@ -33,28 +36,35 @@ def train(
         Path | None, typer.Option("--data", "-d", help="Food-11 folder [default: $FOOD11_DATA_DIR or ./Food-11].")
     ] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = metrics.EXPERIMENT,
-    engine: Annotated[str | None, typer.Option(help="torch, lightning or ray [default: config's engine].")] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="torch or lightning [default: config's engine]; ray = lightning with --launcher ray."),
+    ] = None,
+    launcher: Annotated[
+        str | None,
+        typer.Option(help="Where it trains: local (this machine) or ray (Ray Train workers) [default: local]."),
+    ] = None,
     devices: Annotated[str | None, typer.Option(help="Number of devices, or auto.")] = None,
     accelerator: Annotated[str | None, typer.Option(help="auto, cpu, gpu or mps.")] = None,
     workers: Annotated[
-        str | None, typer.Option(help="engine=ray: Ray Train workers, N or MIN-MAX (elastic, e.g. 1-2).")
+        str | None, typer.Option(help="Ray: Ray Train workers, N or MIN-MAX (elastic, e.g. 1-2).")
     ] = None,
     resize_interval: Annotated[
-        float | None, typer.Option(help="engine=ray, elastic: seconds between checks to grow the group.")
+        float | None, typer.Option(help="Ray, elastic: seconds between checks to grow the group.")
     ] = None,
-    cpus_per_worker: Annotated[float | None, typer.Option(help="engine=ray: CPUs per worker.")] = None,
+    cpus_per_worker: Annotated[float | None, typer.Option(help="Ray: CPUs per worker.")] = None,
     gpus_per_worker: Annotated[
-        float | None, typer.Option(help="engine=ray: GPUs per worker; a fraction lets trainings share one.")
+        float | None, typer.Option(help="Ray: GPUs per worker; a fraction lets trainings share one.")
     ] = None,
     storage: Annotated[
-        str | None, typer.Option(help="engine=ray: checkpoint storage, a shared path or s3://bucket/prefix.")
+        str | None, typer.Option(help="Ray: checkpoint storage, a shared path or s3://bucket/prefix.")
     ] = None,
     max_failures: Annotated[
-        int | None, typer.Option(help="engine=ray: worker failures to recover from (-1: no limit).")
+        int | None, typer.Option(help="Ray: worker failures to recover from (-1: no limit).")
     ] = None,
     address: Annotated[
         str | None,
-        typer.Option(help="engine=ray: Ray cluster [default: $RAY_ADDRESS, `cluster up`'s, else embedded Ray]."),
+        typer.Option(help="Ray: the cluster [default: $RAY_ADDRESS, `cluster up`'s, else embedded Ray]."),
     ] = None,
     run_name: Annotated[str | None, typer.Option(help="Name of the MLflow run.")] = None,
     resume: Annotated[
@@ -70,6 +80,7 @@ def train(
 
     Two phases: the classifier head alone for initial_epochs, then the whole network until
     total_epochs or early stopping. Tracks into $MLFLOW_TRACKING_URI, else ./mlflow.db.
+    The Ray options (--workers ... --address) imply --launcher ray.
 
     \b
     Examples:
@@ -77,34 +88,36 @@ def train(
       mltrain train --config my.yaml --set lr=3e-4 --set total_epochs=10
       mltrain train --resume outputs/<run_id> --set total_epochs=30
       mltrain train --engine ray --workers 2 --data Food-11
-      mltrain train --engine ray --workers 1-2 --resize-interval 30 --data Food-11
+      mltrain train --launcher ray --workers 1-2 --resize-interval 30 --data Food-11
     """
     from mltrain import env
-    from mltrain.config import parse_workers
     from mltrain.errors import TrainingInterrupted
-    from mltrain.training import train as run_training
+    from mltrain.tracking.owner import RunSpec
+    from mltrain.training import plan_training, run_training
 
-    scaling = parse_workers(workers) if workers is not None else {}
-    try:
-        result = run_training(
-            config_file=config,
-            overrides=_overrides(
-                set_,
-                engine=engine,
-                devices=devices,
-                accelerator=accelerator,
-                **{key: ("null" if value is None else value) for key, value in scaling.items()},
-                resize_interval=resize_interval,
-                cpus_per_worker=cpus_per_worker,
-                gpus_per_worker=gpus_per_worker,
-                storage=storage,
-                max_failures=max_failures,
-            ),
-            data_dir=data,
-            experiment=experiment,
-            run_name=run_name,
-            resume=resume,
+    ray_options: dict[str, Any] = {
+        **(_parse_workers(workers) if workers is not None else {}),
+        **_given(
+            resize_interval=resize_interval,
+            cpus_per_worker=cpus_per_worker,
+            gpus_per_worker=gpus_per_worker,
+            storage=storage,
+            max_failures=max_failures,
             address=address,
+        ),
+    }
+    try:
+        plan = plan_training(
+            None,
+            overrides(set_, engine=engine, devices=devices, accelerator=accelerator),
+            config,
+            data,
+            resume,
+            _launcher(launcher, engine, ray_options),
+        )
+        result = run_training(
+            plan,
+            RunSpec(experiment, run_name=run_name),
             progress=progress,
             launched_at=env.process_started_at(),  # startup_seconds counts from the command's start
         )
@@ -114,6 +127,33 @@ def train(
             print(hint, file=sys.stderr, flush=True)
         raise
     print(result.summary())
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _parse_workers(text: str) -> dict[str, int | None]:
+    from mltrain.launchers.ray.options import parse_workers
+
+    return parse_workers(text)
+
+
+def _launcher(name: str | None, engine: str | None, ray_options: dict[str, Any]) -> Launcher | str | None:
+    """The launcher the flags ask for: by name, ``--engine ray`` (the alias), or Ray options given; else None
+    (the config decides, else local)."""
+    from mltrain.errors import ConfigError
+
+    if name is None and (engine == "ray" or ray_options):
+        name = "ray"
+    if name != "ray":
+        if ray_options:
+            flags = ", ".join(f"--{key.replace('_', '-')}" for key in ray_options)
+            raise ConfigError(f"{flags}: options of the Ray launcher; this training uses --launcher {name}")
+        return name
+    from mltrain.launchers.ray import RayLauncher, RayOptions
+
+    return RayLauncher(RayOptions.of(**ray_options))
 
 
 def data_prepare(
@@ -197,7 +237,7 @@ def config_show(config: ConfigOption = None, set_: SetOption = None) -> None:
 
     from mltrain.config import TrainConfig
 
-    resolved = TrainConfig.build(config, _overrides(set_))
+    resolved = TrainConfig.build(config, overrides(set_))
     for key, value in resolved.model_dump().items():
         help_text = " ".join((TrainConfig.model_fields[key].description or "").split())  # one line: valid YAML
         print(f"{yaml.safe_dump({key: value}).strip():<34} # {help_text}")

@@ -1,4 +1,4 @@
-"""``mltrain tune``: the command over :func:`mltrain.launch.tune.tune`."""
+"""``mltrain tune``: the command over :func:`mltrain.search.tune`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mltrain import metrics
-from mltrain.cli.commands import ConfigOption, SetOption, _overrides
+from mltrain.cli.commands import ConfigOption, SetOption, overrides
 
 
 def tune(
@@ -68,15 +68,15 @@ def tune(
           --search 'dropout_probability=uniform(0.1,0.8)' --search 'lr=loguniform(1e-5,1e-3)'
       mltrain compare --runs <run id>,<run id>                    # then: mltrain registry promote
     """
-    from mltrain.config import parse_workers
-    from mltrain.launch.tune import SearchSettings
-    from mltrain.launch.tune import tune as run_search
+    from mltrain.launchers.ray.options import parse_workers
+    from mltrain.search import SearchSettings
+    from mltrain.search import tune as run_search
 
     workers = parse_workers(workers_per_trial)
 
     result = run_search(
         search=search or (),
-        overrides=_overrides(set_),
+        overrides=overrides(set_),
         config_file=config,
         data_dir=data,
         experiment=experiment,

@@ -1,7 +1,8 @@
 """Ray clusters: a local one for a single machine, and submitting jobs to any Ray cluster.
 
 - :mod:`~mltrain.cluster.local` — ``cluster up/down/stop-worker/start-worker``: a head and N worker nodes,
-  each a ``ray start`` process of this machine, token authentication on;
+  each a ``ray start`` process of this machine, token authentication on (its shape:
+  :mod:`~mltrain.cluster.spec`; starting one node: :mod:`~mltrain.cluster.nodes`);
 - :mod:`~mltrain.cluster.state` — the state file ``up`` writes (address, dashboard, token, processes);
 - :mod:`~mltrain.cluster.connection` — which cluster a client uses and with which token;
 - :mod:`~mltrain.cluster.status` — nodes, jobs and pending demands;
@@ -27,7 +28,7 @@ from importlib import import_module
 from typing import Any
 
 _API = {
-    "ClusterSpec": "mltrain.cluster.local",
+    "ClusterSpec": "mltrain.cluster.spec",
     "LocalCluster": "mltrain.cluster.local",
     "ClusterState": "mltrain.cluster.state",
     "NodeRecord": "mltrain.cluster.state",

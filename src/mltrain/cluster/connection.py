@@ -25,6 +25,7 @@ import requests
 from mltrain import env
 from mltrain.cluster.state import ClusterState, load_state
 from mltrain.errors import ClusterError
+from mltrain.internals.ray import reset_auth_token_cache
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
@@ -188,23 +189,10 @@ def client_auth(connection: ClusterConnection | None) -> Iterator[None]:
             for name in (env.RAY_AUTH_TOKEN_VAR, env.RAY_AUTH_TOKEN_PATH_VAR):
                 os.environ.pop(name, None)
             os.environ.update(updates)
-            _refresh_ray_auth()
+            reset_auth_token_cache()
             yield
     finally:
-        _refresh_ray_auth()  # Ray re-reads the variables as they were
-
-
-def _refresh_ray_auth() -> None:
-    # What ray._private.authentication.authentication_token_setup does when it enables token auth: re-read
-    # RayConfig from the environment and drop the cached token. Needed only once Ray's extension is loaded.
-    import sys
-
-    if "ray._raylet" not in sys.modules:
-        return
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
+        reset_auth_token_cache()  # Ray re-reads the variables as they were
 
 
 def _names(address: str, state: ClusterState) -> bool:

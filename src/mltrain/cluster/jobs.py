@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mltrain import console, env
+from mltrain.cluster import capacity
 from mltrain.cluster.connection import ClusterConnection, explain_errors
 from mltrain.cluster.status import Demand, pending_demands
 from mltrain.errors import ClusterError, InfeasibleRequest
+from mltrain.internals import ray as ray_internals
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 POLL_S = 1.0
@@ -105,22 +107,24 @@ ALLOW_PENDING_HINT = "pass --allow-pending to submit anyway (for a cluster that 
 
 
 def check_feasible(
-    wanted: dict[str, float], labels: dict[str, str], nodes: Iterable[Any], hint: str = ALLOW_PENDING_HINT
+    wanted: dict[str, float],
+    labels: dict[str, str],
+    nodes: Iterable[capacity.NodeResources],
+    hint: str = ALLOW_PENDING_HINT,
 ) -> None:
     """Refuse a request that no live node could ever run.
 
     Args:
         wanted: Resources by name (``CPU``, ``GPU``, custom), as :meth:`JobRequest.wanted` gives.
         labels: Node labels the node must carry.
+        nodes: The cluster's nodes (:func:`~mltrain.cluster.capacity.from_node_states` or ``from_ray_nodes``).
         hint: What the user can do, appended to the message.
-        nodes: Ray's node records (``ray.util.state`` NodeState: ``state``, ``node_name``,
-            ``resources_total``, ``labels``).
 
     Raises:
         InfeasibleRequest: naming the request and the largest node.
     """
     nodes = list(nodes)
-    alive = [node for node in nodes if node.state == "ALIVE"]
+    alive = [node for node in nodes if node.alive]
     if any(_fits(node, wanted, labels) for node in alive):
         return
     asked = f"asks for {describe(wanted)}" if wanted else "asks for no resources"
@@ -128,18 +132,15 @@ def check_feasible(
         asked += " on a node labelled " + ", ".join(f"{key}={value}" for key, value in labels.items())
     candidates = [node for node in alive if _has_labels(node, labels)]
     if not candidates:
-        seen = sorted(
-            {f"{k}={v}" for node in alive for k, v in (node.labels or {}).items() if not k.startswith("ray.io/")}
-        )
+        seen = sorted({f"{k}={v}" for node in alive for k, v in node.labels.items() if not k.startswith("ray.io/")})
         message = f"{asked}; no live node carries that label (labels: {', '.join(seen) or 'none'})"
     else:
         largest = max(candidates, key=lambda node: _closeness(node, wanted))
-        total = largest.resources_total or {}
-        has = describe({name: total.get(name, 0) for name in wanted})
-        message = f"{asked}; the largest node has {has} ({largest.node_name or largest.node_id[:8]})"
-    dead = [node for node in nodes if node.state != "ALIVE" and _fits(node, wanted, labels)]
+        has = describe({name: largest.total.get(name, 0) for name in wanted})
+        message = f"{asked}; the largest node has {has} ({_name(largest)})"
+    dead = [node for node in nodes if not node.alive and _fits(node, wanted, labels)]
     if dead:
-        message += f"; {dead[0].node_name or dead[0].node_id[:8]} could run it but is dead: start it again"
+        message += f"; {_name(dead[0])} could run it but is dead: start it again"
     raise InfeasibleRequest(f"{message}; {hint}")
 
 
@@ -169,7 +170,7 @@ def submit(connection: ClusterConnection, request: JobRequest) -> str:
             nodes = state_client.list(
                 StateResource.NODES, options=ListApiOptions(detail=True), raise_on_missing_output=False
             )
-        check_feasible(request.wanted(), request.labels, nodes)
+        check_feasible(request.wanted(), request.labels, capacity.from_node_states(nodes))
     with explain_errors(connection):
         return client.submit_job(
             entrypoint=request.entrypoint,
@@ -320,21 +321,13 @@ def stop_job(connection: ClusterConnection, submission_id: str, timeout: float =
     return wait_terminal(connection, submission_id, timeout)
 
 
-# Run on the cluster as a job (so with the cluster's own address and token): kill a job's supervisor actor.
-_KILL_SUPERVISOR = (
-    "import sys, ray; "
-    "from ray.dashboard.modules.job.common import JOB_ACTOR_NAME_TEMPLATE as NAME; "
-    "from ray.dashboard.modules.job.common import SUPERVISOR_ACTOR_RAY_NAMESPACE as NS; "
-    "ray.init(log_to_driver=False); "
-    "ray.kill(ray.get_actor(NAME.format(job_id=sys.argv[1]), namespace=NS), no_restart=True)"
-)
-
-
 def _kill_supervisor(connection: ClusterConnection, submission_id: str, timeout: float) -> None:
+    # Run on the cluster as a job, so with the cluster's own address and token.
+    script = ray_internals.kill_job_supervisor_script()
     client = connection.jobs_client()
     with explain_errors(connection):
         helper = client.submit_job(
-            entrypoint=shlex.join(["python", "-c", _KILL_SUPERVISOR, submission_id]),
+            entrypoint=shlex.join(["python", "-c", script, submission_id]),
             metadata={_STOPPER_METADATA: submission_id},
         )
     status = wait_terminal(connection, helper, timeout)
@@ -363,7 +356,7 @@ def _stream(client: Any, submission_id: str, out: TextIO) -> str:
             out.flush()
 
     # Ray's SDK logs an INFO line when the stream closes normally; that is not news to the user.
-    sdk_logger = logging.getLogger("ray.dashboard.modules.job.sdk")
+    sdk_logger = logging.getLogger(ray_internals.JOB_SDK_LOGGER)
     level = sdk_logger.level
     sdk_logger.setLevel(logging.WARNING)
     try:
@@ -379,19 +372,21 @@ def _demand_text(demands: list[Demand]) -> str:
     return "; ".join(str(demand) for demand in demands) or "none reported yet"
 
 
-def _has_labels(node: Any, labels: dict[str, str]) -> bool:
-    carried = node.labels or {}
-    return all(carried.get(key) == value for key, value in labels.items())
+def _name(node: capacity.NodeResources) -> str:
+    return node.name or node.node_id[:8]
 
 
-def _fits(node: Any, wanted: dict[str, float], labels: dict[str, str]) -> bool:
-    total = node.resources_total or {}
-    return _has_labels(node, labels) and all(total.get(name, 0) >= amount for name, amount in wanted.items())
+def _has_labels(node: capacity.NodeResources, labels: dict[str, str]) -> bool:
+    return all(node.labels.get(key) == value for key, value in labels.items())
 
 
-def _closeness(node: Any, wanted: dict[str, float]) -> tuple[int, float, float]:
+def _fits(node: capacity.NodeResources, wanted: dict[str, float], labels: dict[str, str]) -> bool:
+    return _has_labels(node, labels) and capacity.fits(node.total, wanted)
+
+
+def _closeness(node: capacity.NodeResources, wanted: dict[str, float]) -> tuple[int, float, float]:
     """How near the node comes: resources it covers, the smallest have/want ratio, then its size."""
-    total = node.resources_total or {}
+    total = node.total
     covered = sum(total.get(name, 0) >= amount for name, amount in wanted.items())
     ratio = min((total.get(name, 0) / amount for name, amount in wanted.items()), default=0.0)
     return covered, ratio, total.get("GPU", 0) + total.get("CPU", 0)

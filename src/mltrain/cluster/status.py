@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mltrain.cluster.connection import ClusterConnection, explain_errors
+from mltrain.internals import ray as ray_internals
 
 ACTIVE_JOB_STATES = ("PENDING", "RUNNING")
 
@@ -95,23 +96,24 @@ def cluster_status(connection: ClusterConnection) -> ClusterStatus:
 
     state_client = connection.state_client()
     with explain_errors(connection):
-        nodes = state_client.list(
+        # list() is typed as returning any record type; these are node and actor records.
+        nodes: list[Any] = state_client.list(
             StateResource.NODES, options=ListApiOptions(detail=True), raise_on_missing_output=False
         )
-        actors = state_client.list(
+        actors: list[Any] = state_client.list(
             StateResource.ACTORS,
             options=ListApiOptions(filters=[("state", "=", "ALIVE")], detail=False, limit=10_000),
             raise_on_missing_output=False,
         )
         jobs = connection.jobs_client().list_jobs()
     report = _autoscaler_report(connection)
-    usage = report.get("usageByNode") or {}
+    used = ray_internals.used_by_node(report)
 
     active = {job.submission_id: job for job in jobs if job.submission_id and str(job.status) in ACTIVE_JOB_STATES}
     by_ray_job = {job.job_id: job.submission_id for job in active.values() if job.job_id}
     jobs_on: dict[str, set[str]] = {}
     for job in active.values():
-        if job.driver_node_id:
+        if job.driver_node_id and job.submission_id:
             jobs_on.setdefault(job.driver_node_id, set()).add(job.submission_id)
     for actor in actors:
         submission = by_ray_job.get(actor.job_id)
@@ -132,7 +134,7 @@ def cluster_status(connection: ClusterConnection) -> ClusterStatus:
             state=node.state,
             is_head=bool(node.is_head_node),
             total=dict(node.resources_total or {}),
-            used={key: pair[0] for key, pair in (usage.get(node.node_id) or {}).items() if key in ("CPU", "GPU")},
+            used={key: amount for key, amount in used.get(node.node_id, {}).items() if key in ("CPU", "GPU")},
             labels=dict(node.labels or {}),
             jobs=sorted(jobs_on.get(node.node_id, ())),
             message=node.state_message,
@@ -152,23 +154,11 @@ def pending_demands(connection: ClusterConnection) -> list[Demand]:
 
 
 def demands_from_report(report: dict[str, Any]) -> list[Demand]:
-    """Demands in the dashboard's ``/api/cluster_status`` load-metrics report."""
+    """Demands in the autoscaler's load-metrics report (see :func:`mltrain.internals.ray.reported_demands`)."""
     demands = []
-    for key, kind in (
-        ("resourceDemand", "task/actor"),
-        ("pgDemand", "placement group"),
-        ("requestDemand", "requested"),
-    ):
-        for entry in report.get(key) or []:
-            if isinstance(entry, list | tuple) and len(entry) == 2 and isinstance(entry[0], dict):
-                demands.append(Demand(dict(entry[0]), int(entry[1]), kind))
-            elif isinstance(entry, dict):  # placement groups: {"bundles": [...], "strategy": ...}
-                bundles = entry.get("bundles") or []
-                merged: dict[str, float] = {}
-                for bundle in bundles:
-                    for name, amount in (bundle or {}).items():
-                        merged[name] = merged.get(name, 0) + amount
-                demands.append(Demand(merged, 1, f"{kind}, {entry.get('strategy', '').lower() or 'pack'}"))
+    for demand in ray_internals.reported_demands(report):
+        kind = demand.kind if demand.strategy is None else f"{demand.kind}, {demand.strategy.lower()}"
+        demands.append(Demand(demand.resources, demand.count, kind))
     return demands
 
 
@@ -178,9 +168,7 @@ def format_resources(resources: dict[str, float]) -> str:
 
 
 def _autoscaler_report(connection: ClusterConnection) -> dict[str, Any]:
-    answer = connection.get_json("/api/cluster_status")
-    status = (answer.get("data") or {}).get("clusterStatus") or {}
-    return status.get("loadMetricsReport") or {}
+    return ray_internals.load_metrics_report(connection.get_json(ray_internals.CLUSTER_STATUS_PATH))
 
 
 def _usage(node: NodeStatus, resource: str) -> str:

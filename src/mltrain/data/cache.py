@@ -179,13 +179,14 @@ def _build(
         bar.close()
     for reason in failures.values():
         log.warning("skipping a file that is not a usable image: %s", reason)
+    skipped = [failures[i] for i in sorted(failures)]
     meta = {
         "format": CACHE_FORMAT,
         "fingerprint": expected,
         "size": size,
         "labels": [sample.label for sample in samples],
         "valid": [i for i in range(count) if i not in failures],
-        "skipped": [failures[i] for i in sorted(failures)],
+        "skipped": skipped,
         "crc32": _crc32(data_path),
     }
     # meta.json last and atomically: an interrupted build leaves no meta, so it is never trusted.
@@ -197,7 +198,7 @@ def _build(
         size=size,
         labels=np.asarray(meta["labels"], dtype=np.int64),
         valid=np.asarray(meta["valid"], dtype=np.int64),
-        skipped=meta["skipped"],
+        skipped=skipped,
     )
 
 

@@ -21,6 +21,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import PIL
@@ -30,6 +31,7 @@ from torchvision.transforms.v2 import functional as F
 
 from mltrain.data.cache import reserve
 from mltrain.errors import DataError
+from mltrain.internals.torchvision import KernelOverride
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +82,19 @@ def adjust_hue(image: Image.Image, hue_factor: float, tables: Path | None) -> Im
     return Image.frombytes("RGB", image.size, to_rgb.take(hsv), "raw", "RGBX")
 
 
-class ColorJitter(v2.ColorJitter):
+class ColorJitter(KernelOverride, v2.ColorJitter):
     """torchvision's ColorJitter (same parameters, same random draws, same output) with a table-driven hue."""
 
     def __init__(self, *args: float, tables: Path | None = None, **kwargs: float) -> None:
         super().__init__(*args, **kwargs)
         self.tables = tables  # a path, not the arrays: the transform pickles small into spawned workers
 
-    def _call_kernel(self, functional: Callable, inpt: object, *args: object, **kwargs: object) -> object:
-        # torchvision's own transform() draws the order and factors; only the hue kernel is swapped.
+    def override_kernel(self, functional: Callable[..., Any], inpt: Any) -> Callable[..., Any] | None:
+        # torchvision's own transform() draws the order and factors; only the hue kernel of PIL images is
+        # swapped, for this transform alone (see KernelOverride for why not register_kernel).
         if functional is F.adjust_hue and isinstance(inpt, Image.Image):
-            return adjust_hue(inpt, kwargs["hue_factor"], self.tables)
-        return super()._call_kernel(functional, inpt, *args, **kwargs)
+            return functools.partial(adjust_hue, tables=self.tables)
+        return None
 
 
 # --- the table file ---------------------------------------------------------------------------------------

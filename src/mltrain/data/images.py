@@ -33,7 +33,7 @@ def open_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
                     image.draft("RGB", (draft_size, draft_size))
                 image.load()
                 if image.mode == "P" and "transparency" in image.info:
-                    image = image.convert("RGBA")
+                    return image.convert("RGBA").convert("RGB")
                 return image.convert("RGB")
     except _BAD_IMAGE_ERRORS as exc:
         raise BadImageError(f"{path}: {type(exc).__name__}: {exc}") from None

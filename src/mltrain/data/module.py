@@ -56,27 +56,31 @@ class CachedImages(Dataset[Batch]):
         return images[0], labels[0]
 
     def __getitems__(self, keys: list[int] | list[SampleKey]) -> Batch:
+        # A batch holds plain indices or (index, seed) keys, never both; the per-key isinstance tells the type
+        # checker which one each key is.
         seeded = bool(keys) and isinstance(keys[0], tuple)
-        indices = [key[0] for key in keys] if seeded else keys
+        indices = [key[0] if isinstance(key, tuple) else key for key in keys]
         slots = self.split.valid[np.asarray(indices, dtype=np.int64)]
         pixels = self._pixels()[slots]  # (B, S, S, 3) copy out of the memory map
         if self.augment is not None:
-            pixels = np.stack(self._augmented(pixels, [key[1] for key in keys] if seeded else None))
+            seeds = [key[1] for key in keys if isinstance(key, tuple)] if seeded else None
+            pixels = np.stack(_augmented(self.augment, pixels, seeds))
         images = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)
         labels = torch.from_numpy(self.split.labels[slots])
         return images, labels
 
-    def _augmented(self, pixels: np.ndarray, seeds: list[int] | None) -> list[np.ndarray]:
-        if seeds is None:
-            return [self.augment(image) for image in pixels]
-        # torchvision draws from torch's default CPU generator; borrow it per image and give it back, so that
-        # with num_workers=0 the training process's own stream (dropout) is not disturbed.
-        with torch.random.fork_rng(devices=[]):
-            augmented = []
-            for image, seed in zip(pixels, seeds, strict=True):
-                torch.default_generator.manual_seed(seed)
-                augmented.append(self.augment(image))
-        return augmented
+
+def _augmented(augment: Augment, pixels: np.ndarray, seeds: list[int] | None) -> list[np.ndarray]:
+    if seeds is None:
+        return [augment(image) for image in pixels]
+    # torchvision draws from torch's default CPU generator; borrow it per image and give it back, so that
+    # with num_workers=0 the training process's own stream (dropout) is not disturbed.
+    with torch.random.fork_rng(devices=[]):
+        augmented = []
+        for image, seed in zip(pixels, seeds, strict=True):
+            torch.default_generator.manual_seed(seed)
+            augmented.append(augment(image))
+    return augmented
 
 
 def pass_batch(batch: Batch) -> Batch:
@@ -193,7 +197,8 @@ class Food11Data:
             # The loader's own generator: drawing its worker seed from torch's global one would shift the
             # dropout stream by one draw whenever a loader starts (only after a restart, with persistent workers).
             generator=torch.Generator().manual_seed(self.config.seed),
-            collate_fn=pass_batch,
+            # torch types collate_fn as taking a list of samples; with __getitems__ it gets that method's batch.
+            collate_fn=pass_batch,  # type: ignore[arg-type]
             num_workers=plan.workers,
             pin_memory=plan.pin_memory,
             prefetch_factor=plan.prefetch_factor,
@@ -219,7 +224,7 @@ class Food11Data:
             batch_size=self.config.batch_size,
             sampler=EpochSampler(size, self.config.seed, shuffle=False, rank=rank, world_size=world_size, pad=False),
             generator=torch.Generator().manual_seed(self.config.seed),
-            collate_fn=pass_batch,
+            collate_fn=pass_batch,  # type: ignore[arg-type]  # see train_dataloader
             num_workers=0,
             pin_memory=torch.device(device).type == "cuda",
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,3 +96,11 @@ class EpochSampler(Sampler[SampleKey]):
         mine = order[self.rank :: self.world_size].tolist()
         seeds = self.augment_seeds().tolist() if self.shuffle else [0] * self.size
         return iter([(index, seeds[index]) for index in mine])
+
+
+def set_loader_epoch(loader: Any, epoch: int) -> None:
+    """Put a Food11Data loader's sampler at ``epoch`` (its order and augmentation derive from it)."""
+    sampler = loader.sampler
+    if not isinstance(sampler, EpochSampler):
+        raise TypeError(f"expected a loader of Food11Data (EpochSampler), found a {type(sampler).__name__}")
+    sampler.set_epoch(epoch)

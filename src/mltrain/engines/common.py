@@ -13,6 +13,7 @@ import torch
 from mltrain import metrics
 from mltrain.config import TrainConfig
 from mltrain.errors import ConfigError
+from mltrain.tracking.runlog import RunLog
 
 EpochHook = Callable[[int, dict[str, float], Path], None]
 """Called after each epoch with (epoch, metrics, checkpoint path), e.g. to report to Ray Train."""
@@ -234,19 +235,19 @@ class DataWaitAdvice:
 
     Args:
         config: The resolved configuration (``num_workers``, ``cache_dir``).
-        tracker: The run (the advice is a tag of it); a disabled tracker makes this a no-op.
+        tracker: The run's logger (the advice is a tag of the run).
         device: The training device (decides what ``num_workers=auto`` means).
         threshold: The data_wait_fraction above which to advise.
     """
 
     def __init__(
-        self, config: TrainConfig, tracker: object, device: torch.device, threshold: float = DATA_WAIT_THRESHOLD
+        self, config: TrainConfig, tracker: RunLog, device: torch.device, threshold: float = DATA_WAIT_THRESHOLD
     ) -> None:
         self.config = config
         self.tracker = tracker
         self.device = device
         self.threshold = threshold
-        self.done = not getattr(tracker, "enabled", True)
+        self.done = tracker.run_id is None  # no run to tag (a NullLogger's process): no advice
         self._first_epoch: int | None = None
 
     def check(self, epoch: int, values: dict[str, float]) -> str | None:
@@ -261,11 +262,11 @@ class DataWaitAdvice:
         if fraction <= self.threshold or waited < DATA_WAIT_MIN_SECONDS:
             return None
         self.done = True
-        if self.tracker.tag_value(metrics.DATA_WAIT_ADVICE_TAG):  # type: ignore[attr-defined]
+        if self.tracker.tag_value(metrics.DATA_WAIT_ADVICE_TAG):
             return None  # given before this resume or restart
         advice = self.text(epoch, fraction, waited)
         print(advice, flush=True)
-        self.tracker.set_tags({metrics.DATA_WAIT_ADVICE_TAG: advice})  # type: ignore[attr-defined]
+        self.tracker.set_tags({metrics.DATA_WAIT_ADVICE_TAG: advice})
         return advice
 
     def text(self, epoch: int, fraction: float, waited: float) -> str:

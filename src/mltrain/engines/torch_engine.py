@@ -3,8 +3,7 @@
 Phase 1 trains only the classifier head (backbone frozen) for ``initial_epochs`` at ``lr``; phase 2
 unfreezes everything at ``fine_tune_lr`` until ``total_epochs`` or until ``patience`` epochs pass
 without a lower val_loss. The best fine-tuning weights are kept, logged to MLflow each time they
-improve, and used for the final test evaluation. The same :func:`fit` runs locally and (later) inside
-a Ray Train worker.
+improve, and used for the final test evaluation.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 from mltrain import metrics
 from mltrain.config import NUM_CLASSES, TrainConfig
 from mltrain.data.module import Food11Data
-from mltrain.data.sampling import seed_epoch
+from mltrain.data.sampling import seed_epoch, set_loader_epoch
 from mltrain.data.transforms import to_model_input
 from mltrain.engines.checkpoint import CHECKPOINT_FILE, TrainState, save_checkpoint
 from mltrain.engines.common import (
@@ -44,7 +43,7 @@ from mltrain.engines.common import (
     weights_copy,
 )
 from mltrain.model import count_trainable, head, set_backbone_trainable
-from mltrain.tracking import RunTracker
+from mltrain.tracking.runlog import RunLog
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ log = logging.getLogger(__name__)
 def fit(
     config: TrainConfig,
     data: Food11Data,
-    tracker: RunTracker,
+    tracker: RunLog,
     checkpoint_dir: str | Path,
     resume: dict[str, Any] | None = None,
     on_epoch_end: EpochHook | None = None,
@@ -63,7 +62,7 @@ def fit(
     Args:
         config: The resolved configuration.
         data: Food-11 data after ``setup()``.
-        tracker: The run to log into (already started; a no-op tracker on ranks other than 0).
+        tracker: The run to log into (a NullLogger on ranks that do not log).
         checkpoint_dir: Where ``checkpoint.pt`` is written after every epoch.
         resume: A checkpoint from :func:`mltrain.engines.checkpoint.load_checkpoint` to continue from: the
             next epoch runs exactly as it would have without the stop (same batches, augmentation, dropout).
@@ -81,7 +80,7 @@ class TorchRecipe:
         self,
         config: TrainConfig,
         data: Food11Data,
-        tracker: RunTracker,
+        tracker: RunLog,
         checkpoint_dir: Path,
         progress: bool,
         on_epoch_end: EpochHook | None,
@@ -108,7 +107,7 @@ class TorchRecipe:
         self.advice = DataWaitAdvice(config, tracker, self.device)
 
     # --- setup -------------------------------------------------------------------------------------------
-    def _setup_model(self) -> tuple[nn.Module, nn.Module]:
+    def _setup_model(self) -> tuple[nn.Module, Any]:
         model = prepare_model(self.config).to(self.device)
         # Checkpoints and MLflow get the plain module; steps may run through the compiled wrapper.
         step_model = torch.compile(model) if self.config.compile else model
@@ -136,12 +135,17 @@ class TorchRecipe:
         if self.state.next_epoch < self.config.total_epochs:
             self._setup_phase(self._phase_of(self.state.next_epoch))
             if resume.get("optimizer") is not None and self._phase_of(self.state.next_epoch - 1) == self.phase:
-                self.optimizer.load_state_dict(resume["optimizer"])
+                self._optimizer().load_state_dict(resume["optimizer"])
         # Epochs the checkpoint finished but MLflow never received (killed between the two) are logged now.
         filled = self.tracker.log_history(self.state.history)
         if filled:
             log.info("logged epoch(s) %s from the checkpoint's history", filled)
         log.info("resuming at epoch %d from %s", self.state.next_epoch, self.checkpoint_path)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        if self.optimizer is None:  # pragma: no cover - every epoch's phase is set up before it runs
+            raise RuntimeError("no training phase is set up")
+        return self.optimizer
 
     def _phase_of(self, epoch: int) -> str:
         return phase_of(self.config, epoch)
@@ -168,7 +172,7 @@ class TorchRecipe:
     def _train_epoch(self, epoch: int) -> EpochStats:
         # Everything random in this epoch derives from (seed, epoch): a resumed training repeats it exactly.
         seed_epoch(self.config.seed, epoch)
-        self.train_loader.sampler.set_epoch(epoch)
+        set_loader_epoch(self.train_loader, epoch)
         self.model.train()
         stats = EpochStats()
         bar = tqdm(
@@ -182,9 +186,10 @@ class TorchRecipe:
             with autocast(self.device, self.amp_dtype):
                 logits = self.step_model(inputs)
                 loss = self.criterion(logits, labels)
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer = self._optimizer()
+            optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
+            self.scaler.step(optimizer)
             self.scaler.update()
             stats.update(loss, logits, labels)
             bar.update(1)
@@ -212,7 +217,7 @@ class TorchRecipe:
         self.state.next_epoch = epoch + 1
         self.state.history[epoch] = values
         # Checkpoint first, then MLflow: a stop between the two leaves the epoch in the checkpoint's history,
-        # and the resumed training logs it from there (RunTracker skips steps the run already has).
+        # and the resumed training logs it from there (the logger skips steps the run already has).
         save_checkpoint(self.checkpoint_path, self.state, self.model, self.optimizer, self.best_weights)
         self.tracker.log_epoch(epoch, values)
         print(format_epoch(epoch, self.config.total_epochs, self.phase or "", values), flush=True)

@@ -8,14 +8,13 @@ as profile the usable images per split and class.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
 from mlflow.data.dataset import Dataset
-from mlflow.data.dataset_source import DatasetSource
 
 from mltrain.data.layout import CLASS_NAMES
+from mltrain.internals.mlflow import local_dataset_source
 
 CONTEXT = "training"
 """The input's ``mlflow.data.context`` tag (the profile covers all three splits: the run used each)."""
@@ -37,9 +36,9 @@ class Food11Dataset(Dataset):
         self._fingerprint = fingerprint
         self._class_counts = class_counts
         self._skipped = skipped
-        super().__init__(source=_local_source(root), name=root.name, digest=fingerprint[:DIGEST_LENGTH])
+        super().__init__(source=local_dataset_source(root), name=root.name, digest=fingerprint[:DIGEST_LENGTH])
 
-    def _compute_digest(self) -> str:  # the digest is always given
+    def _compute_digest(self) -> str:  # MLflow's abstract hook for subclasses; unused: the digest is always given
         return self._fingerprint[:DIGEST_LENGTH]
 
     @property
@@ -62,14 +61,6 @@ class Food11Dataset(Dataset):
 
     def to_dict(self) -> dict[str, str]:
         return {**super().to_dict(), "profile": json.dumps(self.profile)}
-
-
-def _local_source(root: Path) -> DatasetSource:
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-
-    with warnings.catch_warnings():  # two registered local sources claim plain paths; both are the same class
-        warnings.simplefilter("ignore")
-        return resolve_dataset_source(str(root.resolve()))
 
 
 def food11_dataset(data: Any) -> Food11Dataset:

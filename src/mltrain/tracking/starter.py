@@ -5,7 +5,7 @@ that holds the interpreter lock, so a thread cannot hide it behind torch's impor
 :class:`RunStarter` starts one as soon as a training begins; it imports MLflow and opens the store while
 the training imports torch and reads its data, then creates the run when asked — only after every check
 has passed, so a mistake still leaves no run behind. The training process attaches to the run (and imports
-MLflow) later, off its critical path: see ``RunTracker(lazy=True)``.
+MLflow) later, off its critical path: see ``RunOwner(deferred=True)`` and ``RunLogger(deferred=True)``.
 
 Protocol (JSON lines): the helper gets its settings as its one argument; on stdin, one request
 ``{"tags": ..., "run_name": ..., "parent_run_id": ...}`` creates the run, end of input without one exits
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mltrain.errors import TrackingError
+from mltrain.tracking.owner import RunSpec, create_run
 from mltrain.tracking.store import open_client
 
 log = logging.getLogger(__name__)
@@ -113,42 +114,29 @@ def _end_orphan(out: str | None, tracking_uri: str | None) -> None:
 def _serve(settings: dict[str, Any]) -> dict[str, Any] | None:
     import mlflow
 
-    from mltrain.tracking.experiments import ensure_experiment, sqlite_database
+    from mltrain.internals.mlflow import warm_up_imports
+    from mltrain.tracking.experiments import sqlite_database
 
     if settings["tracking_uri"]:
         mlflow.set_tracking_uri(settings["tracking_uri"])
     database = sqlite_database(mlflow.get_tracking_uri())
-    if database is not None and not database.exists():
-        # Opening it would create it: a training that then fails its checks must leave no database behind.
-        import mlflow.store.tracking.sqlalchemy_store
-    else:
-        try:
+    if database is None or database.exists():  # opening a new one would create it: a training that then fails
+        try:  # its checks must leave no database behind
             open_client().get_experiment_by_name(settings["experiment"])  # opens the store now
         except Exception as exc:
             log.debug("store not ready yet: %s", exc)  # creating the run reports it, if it persists
-    from mlflow.tracking.context import registry
-
-    registry.resolve_tags({})  # imports what the context providers need (git)
+    warm_up_imports(sql_store=database is not None and not database.exists())
     line = sys.stdin.readline()
     if not line.strip():
         return None  # the training stopped before it needed a run
     request = json.loads(line)
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
-
-    tags = dict(request["tags"])
-    if request["run_name"]:
-        tags[MLFLOW_RUN_NAME] = request["run_name"]
-    if request["parent_run_id"]:
-        tags[MLFLOW_PARENT_RUN_ID] = request["parent_run_id"]
     sys.argv[0] = settings["source_name"]  # the run's source is the training's command, as in mlflow.start_run
+    spec = RunSpec(settings["experiment"], run_name=request["run_name"], tags=dict(request["tags"]))
     try:
-        client = open_client()
-        experiment_id = ensure_experiment(client, settings["experiment"])
-        run = client.create_run(experiment_id, tags=registry.resolve_tags(tags), run_name=request["run_name"])
-    except Exception as exc:
-        where = mlflow.get_tracking_uri()
-        return {"error": f"could not start a run in experiment {settings['experiment']!r} at {where}: {exc}"}
-    return {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
+        run_id, experiment_id = create_run(open_client(), spec, request["parent_run_id"])
+    except TrackingError as exc:
+        return {"error": str(exc)}
+    return {"run_id": run_id, "experiment_id": experiment_id}
 
 
 def main() -> None:

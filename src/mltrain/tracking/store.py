@@ -15,11 +15,13 @@ its fluent calls). A tracking server creates its tables once, when it starts, an
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mltrain import env
 from mltrain.tracking.experiments import sqlite_database
 
 if TYPE_CHECKING:
@@ -39,6 +41,31 @@ def open_client(tracking_uri: str | None = None) -> MlflowClient:
         return mlflow.MlflowClient(uri)  # (a missing folder: MLflow says so)
     with _locked(database):
         return mlflow.MlflowClient(uri)  # opens the store: creates the tables of a new database
+
+
+DEFAULT_STORE = "sqlite:///mlflow.db"
+"""MLflow 3's store when nothing names one: a sqlite database in the working folder."""
+
+
+def current_tracking_uri(explicit: str | None = None) -> str:
+    """The store a run goes to: ``explicit``, else MLflow's (without importing MLflow when it is not loaded yet:
+    ``MLFLOW_TRACKING_URI``, else :data:`DEFAULT_STORE`)."""
+    if explicit:
+        return explicit
+    if "mlflow" in sys.modules:  # loaded: it may have been told another store in code (mlflow.set_tracking_uri)
+        import mlflow
+
+        return str(mlflow.get_tracking_uri())
+    return env.tracking_uri() or DEFAULT_STORE
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """``uri`` as it reads from any working folder (another process, maybe on another node)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    if "://" not in uri:  # a plain folder (file store)
+        return str(Path(uri).resolve())
+    return uri
 
 
 @contextmanager

@@ -10,9 +10,9 @@ from pathlib import Path
 def gpu_info_text() -> str:
     """``nvidia-smi`` or ``rocm-smi`` output (or a line saying there is no GPU), plus torch's view."""
     sections = []
-    for tool, args in (("nvidia-smi", []), ("rocm-smi", [])):
+    for tool in ("nvidia-smi", "rocm-smi"):
         if shutil.which(tool):
-            sections.append(f"$ {tool}\n{_run([tool, *args])}")
+            sections.append(f"$ {tool}\n{_run([tool])}")
             break
     else:
         sections.append("No GPU tool found (neither nvidia-smi nor rocm-smi is installed): no GPU visible.")

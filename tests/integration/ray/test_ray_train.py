@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from mltrain import metrics
 from mltrain.engines.checkpoint import load_checkpoint
-from mltrain.launch.ray import _scratch_root
+from mltrain.launchers.ray.scratch import scratch_root
 from mltrain.tracking import open_client
 from tests.helpers import MLTRAIN, TINY_TRAIN, run_cli
 
@@ -144,7 +144,7 @@ def test_failover_to_the_other_node_continues_the_same_run(tiny_data: Path, ray_
 
 
 def _scratch_of(run_id: str) -> list[Path]:
-    return list(_scratch_root().glob(f"{run_id[:12]}-*"))
+    return list(scratch_root().glob(f"{run_id[:12]}-*"))
 
 
 def _training_worker_pids(driver: psutil.Process) -> list[int]:

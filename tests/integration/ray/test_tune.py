@@ -18,7 +18,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from mltrain import metrics
-from mltrain.launch.tune import COMPUTE_FRACTION, EPOCHS_TAG, STOPPED_AT_TAG, STOPPED_TAG, TRIAL_EPOCHS, TRIAL_TAG
+from mltrain.search.tags import COMPUTE_FRACTION, EPOCHS_TAG, STOPPED_AT_TAG, STOPPED_TAG, TRIAL_EPOCHS, TRIAL_TAG
 from mltrain.tracking import open_client
 from tests.helpers import MLTRAIN, TINY_TRAIN, run_cli
 

@@ -11,7 +11,7 @@ It adapts, never copies: the model is :func:`mltrain.model.build_model`, batches
 Several local devices mean DDP (gloo on CPUs, NCCL on GPUs) through Lightning's default launcher, which
 starts ranks 1..N-1 by re-running the command that started rank 0. Rank 0 stays the original process, so
 the MLflow run and its system metrics live in one process: one training, one run. The other ranks get a
-disabled tracker and never touch MLflow. Metrics are logged by the tracker from :class:`.callbacks.EpochEnd`
+NullLogger and never touch MLflow. Metrics are logged by the tracker from :class:`.callbacks.EpochEnd`
 (not ``mlflow.pytorch.autolog``, which would log an epoch again after a restart and re-log params that a
 resume may change), so a Lightning run has exactly the plain engine's params and metrics.
 """
@@ -25,7 +25,7 @@ from mltrain.config import TrainConfig
 from mltrain.data.module import Food11Data
 from mltrain.engines.common import EpochHook, FitResult
 from mltrain.engines.lightning.recipe import LightningRecipe
-from mltrain.tracking import RunTracker
+from mltrain.tracking.runlog import RunLog
 
 __all__ = ["LightningRecipe", "fit"]
 
@@ -33,7 +33,7 @@ __all__ = ["LightningRecipe", "fit"]
 def fit(
     config: TrainConfig,
     data: Food11Data,
-    tracker: RunTracker,
+    tracker: RunLog,
     checkpoint_dir: str | Path,
     resume: dict[str, Any] | None = None,
     on_epoch_end: EpochHook | None = None,
@@ -44,7 +44,7 @@ def fit(
     Args:
         config: The resolved configuration (``devices``/``accelerator`` pick the processes).
         data: Food-11 data after ``setup()``.
-        tracker: The run to log into (already started; a disabled tracker on ranks other than 0).
+        tracker: The run to log into (a NullLogger on ranks that do not log).
         checkpoint_dir: Where ``best.ckpt``, ``last.ckpt`` and ``checkpoint.pt`` are written.
         resume: A checkpoint from :func:`mltrain.engines.checkpoint.load_checkpoint`; training continues from
             ``last.ckpt`` in ``checkpoint_dir``.

@@ -1,7 +1,7 @@
 """The Lightning callbacks that give the plain engine's two-phase training, its checkpoints and its logging.
 
 They know nothing about where the trainer runs: the process's rank comes from the trainer, and MLflow is
-reached through the :class:`~mltrain.tracking.RunTracker` handed in (which logs on rank 0 only).
+reached through the logger handed in (a NullLogger on ranks that do not log).
 
 * :class:`TwoPhaseFinetuning` (a ``BackboneFinetuning``) freezes the backbone for ``initial_epochs``, then
   adds it to the optimizer; phase 2 starts as in the plain engine: Adam state reset, head and backbone at
@@ -33,8 +33,10 @@ from mltrain.config import TrainConfig
 from mltrain.data.sampling import seed_epoch
 from mltrain.engines.checkpoint import CHECKPOINT_FILE, TrainState, save_checkpoint
 from mltrain.engines.common import DataWaitAdvice, EpochHook, format_epoch, phase_of, weights_copy
+from mltrain.engines.lightning.module import classifier
+from mltrain.internals.lightning import is_batch_fetch
 from mltrain.model import count_trainable, set_backbone_trainable
-from mltrain.tracking import RunTracker
+from mltrain.tracking.runlog import RunLog
 
 BEST_CHECKPOINT = "best"
 """File stem of the best fine-tuning weights (``best.ckpt``)."""
@@ -79,7 +81,7 @@ class TwoPhaseFinetuning(BackboneFinetuning):
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         # A training resumed in phase 2 has unfrozen before (its restored state holds the backbone lr).
-        set_backbone_trainable(pl_module.model, self.previous_backbone_lr is not None)
+        set_backbone_trainable(classifier(pl_module), self.previous_backbone_lr is not None)
 
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: torch.optim.Optimizer) -> None:
         super().finetune_function(pl_module, epoch, optimizer)
@@ -147,33 +149,35 @@ class BestCheckpoint(_FineTuneOnly, ModelCheckpoint):
         )
         self.start_epoch = start_epoch
         self.best_epoch = -1
+        self._trainer: pl.Trainer | None = None
+        self._score_seen: float | None = None  # the best score best_epoch belongs to
 
-    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        # Called for each new best only (top-1, no "last"). Set before saving: the saved state must hold it,
-        # because trainer.test(ckpt_path=best) restores callback state from this very file.
-        self.best_epoch = trainer.current_epoch
-        super()._save_checkpoint(trainer, filepath)
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._trainer = trainer
 
     def best_val_loss(self) -> float:
         """The lowest fine-tuning val_loss, NaN when no fine-tuning epoch ran."""
         return float(self.best_model_score) if self.best_model_score is not None else math.nan
 
     def state_dict(self) -> dict[str, Any]:
+        # Called as a checkpoint is written. ModelCheckpoint sets a new best score and then writes best.ckpt, so the
+        # first state taken after the score changed is best.ckpt's, in this epoch: the file must hold its epoch,
+        # because trainer.test(ckpt_path=best) restores callback state from that very file.
+        score = self.best_val_loss()
+        if self._trainer is not None and not math.isnan(score) and score != self._score_seen:
+            self.best_epoch, self._score_seen = self._trainer.current_epoch, score
         return {**super().state_dict(), "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # The checkpoint folder may have moved (copied to another machine, handed back by Ray): its files are
-        # now in this callback's folder. ModelCheckpoint would drop the best score of a folder it doesn't know.
-        moved = dict(state_dict)
-        if self.dirpath is not None and moved.get("dirpath") not in (None, self.dirpath):
-            for key in ("best_model_path", "last_model_path", "kth_best_model_path"):
-                if moved.get(key):
-                    moved[key] = str(Path(self.dirpath) / Path(moved[key]).name)
-            here = Path(self.dirpath)
-            moved["best_k_models"] = {str(here / Path(path).name): v for path, v in moved["best_k_models"].items()}
-            moved["dirpath"] = self.dirpath
+        # now in this callback's folder.
+        from mltrain.internals.lightning import relocated_checkpoint_state
+
+        moved = relocated_checkpoint_state(state_dict, self.dirpath) if self.dirpath is not None else state_dict
         super().load_state_dict(moved)
         self.best_epoch = state_dict.get("best_epoch", -1)
+        self._score_seen = self.best_val_loss()
 
 
 class EpochSeed(Callback):
@@ -191,7 +195,7 @@ class EpochSeed(Callback):
 
 
 class DataWaitTimer(Profiler):
-    """Seconds spent waiting for batches: Lightning wraps each fetch in a ``..._next`` profiler action."""
+    """Seconds spent waiting for batches: the profiler actions Lightning wraps each fetch in."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -199,7 +203,7 @@ class DataWaitTimer(Profiler):
         self._started: dict[str, float] = {}
 
     def start(self, action_name: str) -> None:
-        if action_name.endswith("_next"):
+        if is_batch_fetch(action_name):
             self._started[action_name] = time.perf_counter()
 
     def stop(self, action_name: str) -> None:
@@ -228,7 +232,7 @@ class EpochMetrics(Callback):
         elapsed = time.perf_counter() - self._started  # training and validation, as in the plain engine
         values = {
             metrics.EPOCH_TIME: elapsed,
-            metrics.TRAINABLE_PARAMS: float(count_trainable(pl_module.model)),
+            metrics.TRAINABLE_PARAMS: float(count_trainable(classifier(pl_module))),
             metrics.DATA_WAIT_FRACTION: (self.timer.seconds - self._waited) / max(elapsed, 1e-9),
             metrics.WORKERS: float(trainer.world_size),  # the same on every rank: the mean is the count
         }
@@ -245,7 +249,7 @@ class EpochEnd(Checkpoint):
     Args:
         dirpath: The training's checkpoint folder.
         config: The resolved configuration.
-        tracker: The run to log into (logs on rank 0 only).
+        tracker: The run's logger (a NullLogger on ranks that do not log).
         state: Progress restored from a checkpoint, or a fresh one.
         best_weights: The best weights restored from a checkpoint, if any.
         best: The best-checkpoint callback.
@@ -258,7 +262,7 @@ class EpochEnd(Checkpoint):
         self,
         dirpath: Path,
         config: TrainConfig,
-        tracker: RunTracker,
+        tracker: RunLog,
         state: TrainState,
         best_weights: dict[str, torch.Tensor] | None,
         best: BestCheckpoint,
@@ -291,12 +295,12 @@ class EpochEnd(Checkpoint):
         # Reading synchronised metrics is a collective: every rank reads them here, at the same point.
         values = {key: float(trainer.callback_metrics[key]) for key in metrics.EPOCH_METRICS}
         if self.best.best_epoch == epoch:
-            self.best_weights = weights_copy(pl_module.model)
+            self.best_weights = weights_copy(classifier(pl_module))
         self._update_state(epoch, values)
         trainer.save_checkpoint(self.dirpath / LAST_CHECKPOINT, weights_only=False)  # all ranks call; rank 0 writes
         index = self.dirpath / CHECKPOINT_FILE
         if trainer.is_global_zero:
-            save_checkpoint(index, self.state, pl_module.model, None, self.best_weights)
+            save_checkpoint(index, self.state, classifier(pl_module), None, self.best_weights)
             self.tracker.log_epoch(epoch, values)
             print(format_epoch(epoch, self.config.total_epochs, phase_of(self.config, epoch), values), flush=True)
             if self.advice is not None:

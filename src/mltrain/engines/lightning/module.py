@@ -17,8 +17,10 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from mltrain import metrics
 from mltrain.config import NUM_CLASSES, TrainConfig
 from mltrain.data.module import Food11Data
+from mltrain.data.sampling import set_loader_epoch
 from mltrain.data.transforms import to_model_input
 from mltrain.engines.common import prepare_model
+from mltrain.internals.lightning import epochs_processed
 from mltrain.model import backbone, head
 
 TRAIN, VAL, TEST = "train", "val", "test"
@@ -90,8 +92,10 @@ class Food11Module(pl.LightningModule):
         if stage == TEST:
             self.test_pairs.update(logits.detach().argmax(dim=1), labels)
         for name, value in zip(STAGE_METRICS[stage], (loss.detach(), accuracy), strict=True):
-            self.epoch_means[name].update(value, count)
-            self.log(name, self.epoch_means[name], on_step=False, on_epoch=True)
+            mean = self.epoch_means[name]
+            assert isinstance(mean, MeanMetric)  # what __init__ put there (ModuleDict is typed as holding Modules)
+            mean.update(value, count)
+            self.log(name, mean, on_step=False, on_epoch=True)
         return loss
 
 
@@ -110,7 +114,7 @@ class Food11DataModule(pl.LightningDataModule):
         loader = self.data.train_dataloader(*self._where())
         # Lightning creates the first epoch's iterator before its set_epoch call, and after a restore it uses
         # that iterator: the sampler must already be at the epoch the (restored) trainer is about to run.
-        loader.sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)  # what Lightning passes
+        set_loader_epoch(loader, epochs_processed(self._trainer()))  # what Lightning passes
         return loader
 
     def val_dataloader(self) -> DataLoader:
@@ -120,4 +124,18 @@ class Food11DataModule(pl.LightningDataModule):
         return self.data.test_dataloader(*self._where())
 
     def _where(self) -> tuple[torch.device, int, int]:
-        return self.trainer.strategy.root_device, self.trainer.global_rank, self.trainer.world_size
+        trainer = self._trainer()
+        return trainer.strategy.root_device, trainer.global_rank, trainer.world_size
+
+    def _trainer(self) -> pl.Trainer:
+        if self.trainer is None:  # pragma: no cover - Lightning attaches the trainer before asking for loaders
+            raise RuntimeError("the data module is not attached to a trainer")
+        return self.trainer
+
+
+def classifier(pl_module: pl.LightningModule) -> nn.Module:
+    """The shared model inside a :class:`Food11Module` (what callbacks freeze, count, copy and checkpoint)."""
+    model = pl_module.model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a Food11Module, found a {type(pl_module).__name__}")
+    return model

@@ -15,7 +15,7 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -48,7 +48,8 @@ from mltrain.engines.lightning.callbacks import (
 )
 from mltrain.engines.lightning.module import Food11DataModule, Food11Module
 from mltrain.errors import ConfigError, TrainingInterrupted
-from mltrain.tracking import RunTracker
+from mltrain.internals.lightning import stop_local_ranks
+from mltrain.tracking.runlog import RunLog
 
 _DDP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 _ACCELERATORS = {"cpu": "cpu", "cuda": "gpu", "mps": "mps"}
@@ -60,7 +61,7 @@ class LightningRecipe:
     Args:
         config: The resolved configuration.
         data: Food-11 data after ``setup()``.
-        tracker: The run to log into (logs on rank 0 only).
+        tracker: The run's logger (a NullLogger on ranks that do not log).
         checkpoint_dir: The training's checkpoint folder (a resume continues from ``last.ckpt`` in it).
         progress: Show a progress bar (on a terminal).
         on_epoch_end: Called on every rank after each epoch with (epoch, metrics, checkpoint.pt path).
@@ -68,13 +69,14 @@ class LightningRecipe:
         strategy: The trainer's strategy; default: Lightning's DDP over ``config.devices`` local processes.
         plugins: Trainer plugins (e.g. Ray's cluster environment).
         devices: The trainer's ``devices``; default from the config.
+        callbacks: More trainer callbacks (e.g. a launcher's), after the recipe's own.
     """
 
     def __init__(
         self,
         config: TrainConfig,
         data: Food11Data,
-        tracker: RunTracker,
+        tracker: RunLog,
         checkpoint_dir: Path,
         progress: bool = False,
         on_epoch_end: EpochHook | None = None,
@@ -82,6 +84,7 @@ class LightningRecipe:
         strategy: Strategy | str | None = None,
         plugins: Sequence[Any] = (),
         devices: int | str | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.config = config
         self.tracker = tracker
@@ -109,17 +112,18 @@ class LightningRecipe:
             advice=DataWaitAdvice(config, tracker, self.device),
         )
         self.timer = DataWaitTimer()
-        callbacks = [
+        trainer_callbacks: list[Callback] = [
             TwoPhaseFinetuning(config),
             EpochSeed(config.seed),
             EpochMetrics(self.timer),
             self.stopper,
             self.best,  # the first checkpoint callback is what ckpt_path="best" refers to
             self.epoch_end,
+            *callbacks,
         ]
         if strategy is None:
             strategy = local_strategy(config, self.device)
-        self.trainer = self._setup_trainer(callbacks, progress, strategy, list(plugins), devices)
+        self.trainer = self._setup_trainer(trainer_callbacks, progress, strategy, list(plugins), devices)
 
     def _setup_trainer(
         self, callbacks: list[Callback], progress: bool, strategy: Strategy | str, plugins: list[Any], devices: Any
@@ -228,7 +232,7 @@ def local_strategy(config: TrainConfig, device: torch.device) -> str | DDPStrate
     )
 
 
-def _precision(config: TrainConfig, device: torch.device) -> str:
+def _precision(config: TrainConfig, device: torch.device) -> Literal["32-true", "bf16-mixed", "16-mixed"]:
     """The plain engine's choice (:func:`~mltrain.engines.common.autocast_dtype`) in Lightning's words."""
     dtype = autocast_dtype(config, device)
     if dtype is None:
@@ -253,36 +257,16 @@ def _call(trainer: pl.Trainer, entry_point: Callable[..., Any], *args: Any, **kw
     try:
         return entry_point(*args, **kwargs)
     except SIGTERMException as exc:
-        _stop_local_ranks(trainer)
+        stop_local_ranks(trainer)
         raise TrainingInterrupted(signal.SIGTERM) from exc
     except SystemExit as exc:
-        _stop_local_ranks(trainer)
+        stop_local_ranks(trainer)
         if trainer.interrupted:
             raise KeyboardInterrupt from exc
         raise
     except BaseException:
-        _stop_local_ranks(trainer)
+        stop_local_ranks(trainer)
         raise
     finally:
         if sigint is not None:
             signal.signal(signal.SIGINT, sigint)
-
-
-def _stop_local_ranks(trainer: pl.Trainer) -> None:
-    """After a failure or an interrupt, stop the ranks Lightning's launcher started and let rank 0 finish.
-
-    The launcher watches its child processes from a thread and SIGKILLs this process (rank 0) within about
-    5 s of a child ending with an error — which is how every child ends once rank 0 stops. Rank 0 still has
-    to end the MLflow run (KILLED or FAILED) and log the best model; so the children are stopped and reaped
-    here, and the launcher's list of them (``procs``, which the watcher reads) emptied: nothing is left for
-    the watcher to avenge.
-    """
-    launcher = getattr(trainer.strategy, "launcher", None)
-    procs = getattr(launcher, "procs", None)
-    if not procs:
-        return
-    launcher.kill(signal.SIGKILL)
-    for proc in procs:
-        with contextlib.suppress(Exception):
-            proc.wait(timeout=30)
-    procs.clear()
