@@ -253,3 +253,128 @@ def test_torchvision_kernel_override_swaps_only_the_chosen_kernel() -> None:
     reference = v2.ColorJitter(**settings)(image)
     assert [(functional, list(kwargs)) for functional, kwargs in calls] == [(F.adjust_hue, ["hue_factor"])]
     assert ours.tobytes() == reference.tobytes()
+
+
+# --- Ray: starting in-process, Ray Train, jobs, local nodes ---------------------------------------------------
+def test_ray_init_takes_the_node_ip_through_its_private_parameter() -> None:
+    import ray
+
+    # ray.init takes it from **kwargs: kwargs.pop("_node_ip_address", None)
+    assert 'kwargs.pop("_node_ip_address"' in inspect.getsource(ray.init)
+    assert ray_internals.node_ip_option("127.0.0.1") == {"_node_ip_address": "127.0.0.1"}
+    assert ray_internals.node_ip_option(None) == {}
+
+
+def test_ray_train_print_patch_switch_is_still_read() -> None:
+    assert ray_internals.TRAIN_PRINT_PATCH_VAR in _source("ray.train.v2._internal.constants")
+
+
+def test_ray_train_controller_actor_is_still_the_class_of_that_name() -> None:
+    from ray.train.v2._internal.execution.controller import TrainController
+
+    assert TrainController.__name__ == ray_internals.TRAIN_CONTROLLER_CLASS
+    from ray.util.state import list_actors
+
+    assert {"filters", "raise_on_missing_output"} <= set(inspect.signature(list_actors).parameters)
+
+
+def test_ray_job_manager_still_marks_a_jobs_entrypoint_with_the_variable() -> None:
+    import ray.dashboard.modules.job.job_supervisor as supervisor
+
+    assert ray_internals.JOB_CONFIG_VAR in Path(inspect.getfile(supervisor)).read_text() or any(
+        ray_internals.JOB_CONFIG_VAR in _source(module)
+        for module in ("ray._private.ray_constants", "ray.dashboard.modules.job.job_manager")
+    )
+
+
+def test_ray_graceful_drain_config_exists() -> None:
+    name = ray_internals.GRACEFUL_DRAIN_VAR.removeprefix("RAY_")
+    config_header = Path(importlib.util.find_spec("ray").origin).parent / "includes" / "ray_config.pxi"  # type: ignore[arg-type]
+    sources = [config_header.read_text()] if config_header.is_file() else []
+    sources += [_source("ray._private.ray_constants")]
+    raylet_so = [path for path in Path(importlib.util.find_spec("ray").origin).parent.glob("_raylet*.so")]  # type: ignore[arg-type]
+    assert any(name in text for text in sources) or any(name.encode() in path.read_bytes() for path in raylet_so)
+
+
+def test_ray_session_layout_counts_raylet_sockets(tmp_path: Path) -> None:
+    sockets = tmp_path / ray_internals.SESSION_LATEST / "sockets"
+    assert ray_internals.raylet_sockets(tmp_path) == 0
+    sockets.mkdir(parents=True)
+    for name in ("raylet", "raylet.1", "plasma_store"):
+        (sockets / name).touch()
+    assert ray_internals.raylet_sockets(tmp_path) == 2
+    # Ray still names its session link and raylet socket so.
+    from ray._private import ray_constants
+
+    assert ray_constants.SESSION_LATEST == ray_internals.SESSION_LATEST
+    assert 'default_prefix="raylet"' in _source("ray._private.node")
+
+
+# --- MLflow: creating runs through the client, sampling a run by id ------------------------------------------
+def test_mlflow_context_tags_are_what_start_run_resolves() -> None:
+    from mlflow.tracking.context import registry
+
+    assert "resolve_tags" in dir(registry)
+    tags = mlflow_internals.context_tags({"mine": "1"})
+    assert tags["mine"] == "1" and {"mlflow.source.name", "mlflow.source.type", "mlflow.user"} <= set(tags)
+
+
+def test_mlflow_system_metrics_monitor_takes_a_run_id_and_publishes_what_it_collects() -> None:
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    parameters = inspect.signature(SystemMetricsMonitor.__init__).parameters
+    assert {"run_id", "resume_logging", "tracking_uri"} <= set(parameters)
+    for method in ("start", "finish", "collect_metrics", "aggregate_metrics", "publish_metrics"):
+        assert callable(getattr(SystemMetricsMonitor, method)), method
+    assert "self.mlflow_logger" in inspect.getsource(SystemMetricsMonitor.__init__)
+    mlflow_internals.warm_up_imports(sql_store=True)
+    mlflow_internals.import_system_metrics()
+
+
+# --- Lightning: profiler action names, loop progress, ModelCheckpoint's state, the DDP launcher ----------------
+def test_lightning_loops_profile_batch_fetches_as_next_actions() -> None:
+    from mltrain.internals.lightning import BATCH_FETCH_SUFFIX, is_batch_fetch
+
+    assert 'dataloader_next")' in _source("lightning.pytorch.loops.training_epoch_loop")
+    assert f'{BATCH_FETCH_SUFFIX}")' in _source("lightning.pytorch.loops.evaluation_loop")
+    assert is_batch_fetch("[_TrainingEpochLoop].train_dataloader_next") and not is_batch_fetch("run_training_batch")
+
+
+def test_lightning_fit_loop_counts_processed_epochs() -> None:
+    import lightning.pytorch as pl
+
+    from mltrain.internals.lightning import epochs_processed
+
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=1)
+    assert epochs_processed(trainer) == 0
+    assert hasattr(trainer.fit_loop.epoch_progress.current, "completed")
+
+
+def test_lightning_model_checkpoint_state_holds_the_paths_rewritten_for_a_moved_folder(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from mltrain.internals.lightning import MODEL_CHECKPOINT_PATH_KEYS, relocated_checkpoint_state
+
+    old = tmp_path / "old"
+    callback = ModelCheckpoint(dirpath=old, monitor="val_loss")
+    callback.best_model_path = str(old / "best.ckpt")
+    callback.best_k_models = {str(old / "best.ckpt"): 0.5}
+    state = callback.state_dict()
+    assert {*MODEL_CHECKPOINT_PATH_KEYS, "best_k_models", "dirpath"} <= set(state)
+    moved = relocated_checkpoint_state(state, tmp_path / "new")
+    assert moved["best_model_path"] == str(tmp_path / "new" / "best.ckpt")
+    assert moved["best_k_models"] == {str(tmp_path / "new" / "best.ckpt"): 0.5}
+    here = ModelCheckpoint(dirpath=tmp_path / "new", monitor="val_loss")
+    here.load_state_dict(moved)
+    assert here.best_model_path == moved["best_model_path"] and here.best_k_models == moved["best_k_models"]
+
+
+def test_lightning_subprocess_launcher_keeps_its_children_in_procs() -> None:
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    from mltrain.internals.lightning import stop_local_ranks
+
+    source = inspect.getsource(_SubprocessScriptLauncher)
+    assert "self.procs" in source and "_launch_process_observer(self.procs)" in source
+    assert "signum" in inspect.signature(_SubprocessScriptLauncher.kill).parameters
+    stop_local_ranks(type("Trainer", (), {"strategy": None})())  # no launcher: nothing to stop

@@ -226,7 +226,8 @@ def ui(
 def config_show(config: ConfigOption = None, set_: SetOption = None) -> None:
     """Print the resolved configuration (defaults, then --config, then --set) as YAML, with help.
 
-    The output is a config file: save it, edit it, train with --config.
+    The output is a config file: save it, edit it, train with --config. A file of before mltrain 0.2 may hold
+    the Ray launcher's keys too (workers, cpus_per_worker ...): they are shown apart, as comments.
 
     \b
     Examples:
@@ -235,12 +236,16 @@ def config_show(config: ConfigOption = None, set_: SetOption = None) -> None:
     """
     import yaml
 
-    from mltrain.config import TrainConfig
+    from mltrain.config import TrainConfig, resolve
 
-    resolved = TrainConfig.build(config, overrides(set_))
+    resolved, launch = resolve(config, overrides(set_))
     for key, value in resolved.model_dump().items():
         help_text = " ".join((TrainConfig.model_fields[key].description or "").split())  # one line: valid YAML
         print(f"{yaml.safe_dump({key: value}).strip():<34} # {help_text}")
+    if launch.launcher or launch.options:
+        print(f"# launcher {launch.launcher or '(not named)'}: its options are not config keys; the file's were:")
+        for key, value in launch.options.items():
+            print(f"#   {yaml.safe_dump({key: value}).strip()}")
 
 
 def _print_counts(counts: dict[str, list[int]]) -> None:

@@ -33,17 +33,41 @@ The uses (module: name -- what for, where):
   * ``CLUSTER_STATUS_PATH``, ``load_metrics_report()``, ``reported_demands()``, ``used_by_node()`` -- the
     dashboard's undocumented ``/api/cluster_status`` route and its JSON layout: pending demands and per-node
     usage (``mltrain.cluster.status``).
+  * ``node_ip_option()`` -- ``ray.init``'s private ``_node_ip_address``: loopback-only embedded Ray and clients
+    (``mltrain.launchers.ray.session``).
+  * ``TRAIN_PRINT_PATCH_VAR``, ``quiet_worker_prints()`` -- Ray Train's internal switch for its print patch, so
+    the workers' epoch lines print once (``mltrain.launchers.ray.driver``).
+  * ``TRAIN_CONTROLLER_CLASS``, ``kill_train_controllers()`` -- Ray Train V2's controller actor, found by its
+    internal class name and SIGKILLed on Ctrl+C/SIGTERM (``mltrain.launchers.ray.driver``).
+  * ``JOB_CONFIG_VAR`` -- the variable Ray's job manager sets in a job's entrypoint (``mltrain.env.inside_ray_job``).
+  * ``GRACEFUL_DRAIN_VAR`` -- Ray's internal drain timeout, 0 for ``cluster stop-worker`` (``mltrain.cluster.nodes``).
+  * ``SESSION_LATEST``, ``raylet_sockets()`` -- Ray's session folder layout: nodes of one host start one at a
+    time (``mltrain.cluster.nodes.wait_sockets``).
 
 * :mod:`.mlflow`
 
   * ``local_dataset_source()`` -- a local folder's dataset source, built through the public
     ``mlflow.data.get_source`` from its recorded form (type ``local``, ``{"uri": ...}``) instead of the
     undocumented ``mlflow.data.dataset_source_registry`` (``mltrain.tracking.datasets``).
+  * ``context_tags()``, ``warm_up_imports()`` -- ``mlflow.tracking.context.registry`` (the tags
+    ``mlflow.start_run`` gives a run) and the SQL store's module: run owners create runs through the client
+    (``mltrain.tracking.owner.create_run``, ``mltrain.tracking.starter``).
+  * ``import_system_metrics()``, ``system_metrics_monitor()`` -- ``mlflow.system_metrics``' monitor class, to sample
+    a run attached by id, at least once (``mltrain.tracking.logger``).
   * Not a private use: ``mltrain.tracking.datasets.Food11Dataset._compute_digest``. It is the abstract method
     that ``mlflow.data.dataset.Dataset`` (documented) asks every subclass to implement, MLflow's own datasets
     included.
 
-* :mod:`.lightning` -- none yet.
+* :mod:`.lightning`
+
+  * ``is_batch_fetch()`` -- the loops' profiler action names (``..._next``) that time a batch fetch
+    (``mltrain.engines.lightning.callbacks.DataWaitTimer``).
+  * ``epochs_processed()`` -- the fit loop's progress counter: the epoch a restored trainer runs next
+    (``mltrain.engines.lightning.module.Food11DataModule``).
+  * ``relocated_checkpoint_state()`` -- ``ModelCheckpoint``'s state-dict format, rewritten for a moved checkpoint
+    folder (``mltrain.engines.lightning.callbacks.BestCheckpoint``).
+  * ``stop_local_ranks()`` -- the DDP launcher's ``procs`` (``_SubprocessScriptLauncher``): rank 0 stops and reaps
+    the other ranks so that it can end its run (``mltrain.engines.lightning.recipe``).
 
 * :mod:`.torchvision`
 

@@ -96,7 +96,8 @@ def _owner(plan: TrainPlan, spec: RunSpec, starter: Any, launched: float) -> Run
     here = plan.launcher.trains_here
     started_at = launched if here else None  # startup_seconds: where the engine's first batch happens
     if plan.checkpoint is not None or spec.run_id is not None:
-        return RunOwner(dataclasses.replace(spec, run_id=plan.run_id or spec.run_id), system_metrics=here)
+        existing = dataclasses.replace(spec, run_id=plan.run_id or spec.run_id)
+        return RunOwner(existing, system_metrics=here, started_at=started_at)
     tags = {**source_tags(), **plan.launcher.tags(plan.config), **spec.tags}
     if starter is None:
         return RunOwner(dataclasses.replace(spec, tags=tags), system_metrics=here, started_at=started_at)
