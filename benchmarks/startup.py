@@ -5,6 +5,11 @@ from MLflow: `startup_seconds` (command to first training batch) and, per epoch,
 (time the training loop spent in MLflow calls since the previous epoch).
 
     .venv/bin/python benchmarks/startup.py --runs 3 [-- extra mltrain train arguments]
+    .venv/bin/python benchmarks/startup.py --src /tmp/old/src     # another checkout's code, same venv
+    .venv/bin/python benchmarks/startup.py --without-helper       # MLflow imported first: no start-up helper
+
+`--without-helper` starts the command in a Python that has imported MLflow already, which is when mltrain
+creates the run in the training process itself (see mltrain.tracking.starter): what the helper saves.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--data", type=Path, default=REPO / "data" / "demo")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--src", type=Path, default=None, help="run this source tree's mltrain (PYTHONPATH)")
+    parser.add_argument("--without-helper", action="store_true", help="import MLflow before the command")
     parser.add_argument("extra", nargs="*", help="more `mltrain train` arguments (after --)")
     args = parser.parse_args()
     mltrain = str(Path(sys.executable).parent / "mltrain")
@@ -37,7 +44,10 @@ def main() -> None:
     for index in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="mltrain-startup-") as scratch:
             env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{scratch}/mlflow.db"}
-            command = [mltrain, "train", "--data", str(args.data), "--config",
+            if args.src:
+                env["PYTHONPATH"] = str(args.src.resolve())
+            launcher = [sys.executable, "-c", _WITH_MLFLOW] if args.without_helper else [mltrain]
+            command = [*launcher, "train", "--data", str(args.data), "--config",
                        str(REPO / "src/mltrain/configs/demo.yaml"), "--no-progress",
                        "--set", f"output_dir={scratch}/outputs", *args.extra]
             began = time.perf_counter()
@@ -56,6 +66,9 @@ def main() -> None:
         print(f"{key:<22} {low:7.3f} {mid:7.3f} {high:7.3f}")
     if args.json:
         args.json.write_text(json.dumps({"runs": rows, "summary": summary}, indent=1))
+
+
+_WITH_MLFLOW = "import sys, mlflow; from mltrain.cli import main; sys.argv[0] = 'mltrain'; main()"
 
 
 def _read(uri: str) -> dict[str, float]:

@@ -2,11 +2,11 @@
 
 The process that starts a training owns its run. Used as a context manager, its owner ends the run FINISHED,
 KILLED (Ctrl+C, SIGTERM) or FAILED (an exception, recorded in the tag ``mltrain.error``): a run is never left
-RUNNING by an owner that got to its end. Everything else that logs into the run — a Ray Train worker, a Tune
-trial's report — attaches a :class:`~mltrain.tracking.logger.RunLogger` to it by id and never ends it.
+RUNNING by an owner that got to its end. Everything else that logs into the run — a Ray Train worker, say —
+attaches a :class:`~mltrain.tracking.logger.RunLogger` to it by id and never ends it.
 
-The owner works through ``MlflowClient`` alone and never makes its run MLflow's *active* run: a notebook's or a
-Tune search's active run stays active, and becomes the new run's parent.
+The owner works through ``MlflowClient`` alone and never makes its run MLflow's *active* run: a run active in the
+process (a notebook's) stays active, and becomes the new run's parent.
 """
 
 from __future__ import annotations
@@ -80,12 +80,10 @@ class RunOwner:
         self.run_id = spec.run_id
         self.experiment_id = experiment_id
         self.parent_run_id = spec.parent_run_id
-        self._system_metrics, self._fresh, self._deferred, self._started_at = (
-            system_metrics,
-            fresh,
-            deferred,
-            started_at,
-        )
+        self._system_metrics = system_metrics
+        self._fresh = fresh
+        self._deferred = deferred
+        self._started_at = started_at
         self._borrowed = False  # the run is active in this process already: someone else ends it
         self._created = False  # created by this owner just now: no history to read
         self._logger: RunLogger | None = None
@@ -123,7 +121,7 @@ class RunOwner:
         active = mlflow.active_run()
         if self.run_id is None:
             if self.parent_run_id is None and active is not None:
-                # A run is open in this process (a notebook, a Tune search): this training becomes its child
+                # A run is open in this process (a notebook's, a script's): this training becomes its child
                 # rather than writing into someone else's run.
                 self.parent_run_id = active.info.run_id
             self.run_id, self.experiment_id = create_run(client, self.spec, self.parent_run_id)
