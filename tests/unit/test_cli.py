@@ -34,3 +34,27 @@ def test_the_process_start_is_known_to_the_hundredth_of_a_second() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     age = float(done.stdout)
     assert -0.02 < age < time.time() - launched + 0.02, (age, time.time() - launched)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--workers", "1-2", "--cpus-per-worker", "1", "--launcher", "local"],
+            "--workers, --cpus-per-worker: options",
+        ),
+        (["--set", "workers=2"], "workers=2 needs the Ray launcher"),
+        (["--launcher", "ray", "--engine", "torch"], "the Ray launcher trains with the lightning engine"),
+        (["--launcher", "slurm"], "unknown launcher 'slurm'; choose one of local, ray"),
+        (["--engine", "ray", "--accelerator", "gpu"], "needs GPUs per worker"),
+    ],
+)
+def test_launcher_mistakes_exit_2_before_any_run(
+    argv: list[str], message: str, tiny_data: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["train", "--data", str(tiny_data), "--set", "pretrained=false", *argv])
+    assert raised.value.code == 2 and message in capsys.readouterr().err
+    from mlflow.tracking import MlflowClient
+
+    assert not MlflowClient().search_experiments(filter_string="name = 'food11-classifier'")

@@ -113,7 +113,7 @@ def train(
             config,
             data,
             resume,
-            _launcher(launcher, engine, ray_options),
+            _launcher(launcher, ray_options),
         )
         result = run_training(
             plan,
@@ -139,16 +139,17 @@ def _parse_workers(text: str) -> dict[str, int | None]:
     return parse_workers(text)
 
 
-def _launcher(name: str | None, engine: str | None, ray_options: dict[str, Any]) -> Launcher | str | None:
-    """The launcher the flags ask for: by name, ``--engine ray`` (the alias), or Ray options given; else None
-    (the config decides, else local)."""
+def _launcher(name: str | None, ray_options: dict[str, Any]) -> Launcher | str | None:
+    """The launcher the flags ask for: by name, or Ray's when its options are given; else None (the config
+    decides: ``engine: ray`` or ``--engine ray``, the alias, else local)."""
     from mltrain.errors import ConfigError
 
-    if name is None and (engine == "ray" or ray_options):
+    if name is None and ray_options:
         name = "ray"
     if name != "ray":
         if ray_options:
-            flags = ", ".join(f"--{key.replace('_', '-')}" for key in ray_options)
+            given = dict.fromkeys(f"--{key.replace('_', '-')}" for key in ray_options if key != "min_workers")
+            flags = ", ".join(given)  # --workers N|MIN-MAX sets both workers and min_workers
             raise ConfigError(f"{flags}: options of the Ray launcher; this training uses --launcher {name}")
         return name
     from mltrain.launchers.ray import RayLauncher, RayOptions
