@@ -347,3 +347,10 @@ def test_log_catch_up_prints_only_what_is_new() -> None:
         return jobs._stream(SimpleNamespace(), "job", out)
 
     assert asyncio.run(in_a_notebook()) == ""
+
+
+def test_ports_picked_together_are_all_different() -> None:
+    from mltrain.cluster import ports
+
+    picked = ports.free_ports(64)  # one at a time, the kernel may hand the same port out twice
+    assert len(set(picked)) == 64 and all(ports.is_free(port) for port in picked)

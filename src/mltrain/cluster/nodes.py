@@ -58,13 +58,16 @@ def _common_ports(previous: NodeRecord | None) -> dict[str, int]:
     if previous is not None and all(ports.is_free(port) for port in previous.ports.values()):
         return dict(previous.ports)  # a restarted worker comes back where it was, if it can
     first, last = ports.free_port_block()
+    names = (
+        "node-manager-port",
+        "object-manager-port",
+        "metrics-export-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+    )
     return {
-        "node-manager-port": ports.free_port(),
-        "object-manager-port": ports.free_port(),
-        "metrics-export-port": ports.free_port(),
-        "dashboard-agent-listen-port": ports.free_port(),
-        "dashboard-agent-grpc-port": ports.free_port(),
-        "runtime-env-agent-port": ports.free_port(),
+        **dict(zip(names, ports.free_ports(len(names)), strict=True)),
         "min-worker-port": first,
         "max-worker-port": last,
     }
@@ -165,15 +168,15 @@ def start_head_state(spec: ClusterSpec, token_path: Path | None, temp_root: str,
 def _start_head(
     spec: ClusterSpec, cluster_id: str, temp_root: str, token_path: Path | None, workdir: str
 ) -> NodeRecord:
+    gcs, client_server, spare = ports.free_ports(3)
     dashboard = spec.dashboard_port
     if dashboard is None:
-        dashboard = 8265 if ports.is_free(8265) else ports.free_port()
-    head_ports = {
-        "port": ports.free_port(),
-        "dashboard-port": dashboard,
-        "ray-client-server-port": ports.free_port(),
-        **_common_ports(None),
-    }
+        dashboard = 8265 if ports.is_free(8265) else spare
+    head_ports = {"port": gcs, "dashboard-port": dashboard, "ray-client-server-port": client_server}
+    common = _common_ports(None)
+    while set(common.values()) & set(head_ports.values()):  # picked apart: a port freed above may come again
+        common = _common_ports(None)
+    head_ports |= common
     args = ["--head", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
     if spec.system_config:
         args.append(f"--system-config={json.dumps(spec.system_config)}")

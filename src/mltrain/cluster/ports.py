@@ -7,6 +7,7 @@ range for worker processes (10002-19999): two clusters on one host would collide
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 
@@ -22,6 +23,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` different ports nothing listens on now: held open together while the kernel picks them.
+
+    One :func:`free_port` after another may return the same port twice (the kernel can hand out a port again
+    as soon as its socket is closed); a node started with one port for two of its servers fails to start.
+    """
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def is_free(port: int, host: str = "") -> bool:
