@@ -172,9 +172,10 @@ class TrainConfig(BaseModel):
         Args:
             config_file: Optional YAML mapping of keys to values.
             overrides: ``"key=value"`` strings (values parsed as YAML scalars) or a mapping.
-            base: A config to start from instead of the defaults.
+            base: A config to start from instead of the defaults (the keys it set; the rest stay defaults, and
+                unchosen: a launcher may pick the engine the config did not choose).
         """
-        values: dict[str, Any] = base.model_dump() if base is not None else {}
+        values: dict[str, Any] = base.model_dump(exclude_unset=True) if base is not None else {}
         if config_file is not None:
             values.update(load_yaml(config_file))
         values.update(parse_overrides(overrides))
@@ -223,7 +224,7 @@ def resolve(
 ) -> tuple[TrainConfig, LaunchKeys]:
     """Like :meth:`TrainConfig.build`, for files and ``--set`` values that may hold launcher keys (written before
     0.2, or ``engine=ray``): returns the config and, apart, what they said about where to train."""
-    values: dict[str, Any] = base.model_dump() if base is not None else {}
+    values: dict[str, Any] = base.model_dump(exclude_unset=True) if base is not None else {}
     if config_file is not None:
         values.update(load_yaml(config_file))
     values.update(parse_overrides(overrides))
@@ -256,7 +257,7 @@ def resolve_resume(
     """
     saved_training, saved_launch = split_launch_keys(saved)
     base = TrainConfig.from_mapping(saved_training)
-    requested: dict[str, Any] = dict(given.model_dump()) if given is not None else {}
+    requested: dict[str, Any] = given.model_dump(exclude_unset=True) if given is not None else {}
     if config_file is not None:
         requested.update(load_yaml(config_file))
     requested.update(parse_overrides(overrides))

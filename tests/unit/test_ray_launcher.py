@@ -114,3 +114,14 @@ def test_the_placement_watch_counts_fractional_workers_on_live_nodes(monkeypatch
     nodes[1]["Resources"] = {"CPU": 0.2}
     watch.check()
     assert watch.waiting
+
+
+def test_a_config_built_in_python_leaves_the_engine_to_the_ray_launcher(tiny_data: Path) -> None:
+    from mltrain.config import TrainConfig
+    from mltrain.launchers.ray import RayLauncher, RayOptions
+    from mltrain.training import plan_training
+
+    config = TrainConfig.build(overrides=["initial_epochs=1", "total_epochs=2"])  # engine: the default, unchosen
+    plan = plan_training(config, (), None, tiny_data, None, RayLauncher(RayOptions(workers=2)))
+    assert plan.config.engine == "lightning" and plan.config.total_epochs == 2
+    assert isinstance(plan.launcher, RayLauncher) and plan.launcher.options.workers == 2
