@@ -15,6 +15,7 @@ that none is left. Fixtures using this live in ``tests/integration/ray/conftest.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +62,7 @@ def local_cluster(
     )
     cluster = LocalCluster.up(spec, state_dir)
     try:
+        assert_on_loopback(cluster)
         yield cluster
     finally:
         cluster.down()
@@ -68,3 +70,14 @@ def local_cluster(
         left = [process.pid for node in state.nodes for process in node_processes(state.cluster_id, node)]
         assert not left, f"processes of the test cluster left behind: {left}"
         assert not Path(state.temp_root).exists()
+
+
+def assert_on_loopback(cluster: LocalCluster) -> None:
+    """Every node the cluster reports, and its GCS address, is on 127.0.0.0/8: no test traffic leaves the host.
+
+    Ray replaces a node IP of 127.0.0.1 with the host's network address (see mltrain.cluster.loopback).
+    """
+    ips = {**cluster.node_ips(), "GCS address": cluster.address.rsplit(":", 1)[0]}
+    assert len(ips) == len(cluster.state.nodes) + 1, f"nodes reported: {ips}"
+    off = {name: ip for name, ip in ips.items() if not ipaddress.ip_address(ip).is_loopback}
+    assert not off, f"test cluster nodes off loopback: {off}"

@@ -63,7 +63,8 @@ def cluster_up(
 ) -> None:
     """Start a local Ray cluster: a head and N worker nodes, each a `ray start` process of this machine.
 
-    The dashboard and Jobs API listen on 127.0.0.1; token authentication is on. Where the cluster runs
+    The dashboard and Jobs API listen on 127.0.0.1; the nodes talk over loopback addresses of their own (head
+    127.0.0.2, worker K 127.0.0.K+3); token authentication is on. Where the cluster runs
     (address, dashboard, token file, processes) goes to a state file that `submit`, `status`,
     `stop-worker`, `start-worker`, `down` and `mltrain train --engine ray` read.
 
@@ -99,7 +100,7 @@ def cluster_up(
     for node in state.workers:
         extra = f", {json.dumps(node.resources)}" if node.resources else ""
         gpus = f"{node.gpus} GPU" + (f" (CUDA_VISIBLE_DEVICES={node.visible_devices})" if node.visible_devices else "")
-        print(f"  {node.name:<10}  {node.cpus} CPU, {gpus}{extra}")
+        print(f"  {node.name:<10}  {node.ip:<11} {node.cpus} CPU, {gpus}{extra}")
 
 
 def cluster_status(address: AddressOption = None, dir: DirOption = None) -> None:

@@ -4,6 +4,7 @@
   each a ``ray start`` process of this machine, token authentication on (its shape:
   :mod:`~mltrain.cluster.spec`; starting one node: :mod:`~mltrain.cluster.nodes`);
 - :mod:`~mltrain.cluster.state` — the state file ``up`` writes (address, dashboard, token, processes);
+- :mod:`~mltrain.cluster.loopback` — the loopback addresses of this machine's nodes and drivers;
 - :mod:`~mltrain.cluster.connection` — which cluster a client uses and with which token;
 - :mod:`~mltrain.cluster.status` — nodes, jobs and pending demands;
 - :mod:`~mltrain.cluster.jobs` — ``submit`` (refusing impossible requests) and ``jobs list/logs/stop``.
@@ -37,6 +38,7 @@ _API = {
     "resolve_cluster": "mltrain.cluster.connection",
     "resolve_address": "mltrain.cluster.connection",
     "client_auth": "mltrain.cluster.connection",
+    "embedded_auth": "mltrain.cluster.connection",
     "ClusterStatus": "mltrain.cluster.status",
     "cluster_status": "mltrain.cluster.status",
     "JobRequest": "mltrain.cluster.jobs",

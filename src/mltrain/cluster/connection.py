@@ -13,6 +13,7 @@ configuration changes; :func:`client_auth` prepares a process for ``ray.init`` i
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -184,6 +185,29 @@ def client_auth(connection: ClusterConnection | None) -> Iterator[None]:
     if not updates:
         yield
         return
+    with _auth_variables(updates):
+        yield
+
+
+@contextmanager
+def embedded_auth() -> Iterator[None]:
+    """Within the block, an embedded Ray (``ray.init(address="local")``) has a token and leaves ``~`` alone.
+
+    Ray turns token authentication on for a new local instance and, when it finds no token (``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``), writes a new one to ``~/.ray/auth_token`` for good. Here the
+    instance gets a fresh token through ``RAY_AUTH_TOKEN`` instead, which its processes inherit and which is gone
+    with the block. A token the user gave, or ``RAY_AUTH_MODE=disabled``, is left to Ray.
+    """
+    if os.environ.get(env.RAY_AUTH_MODE_VAR, "").strip().lower() == "disabled" or env.ray_auth_token() is not None:
+        yield
+        return
+    with _auth_variables({env.RAY_AUTH_MODE_VAR: "token", env.RAY_AUTH_TOKEN_VAR: secrets.token_hex(32)}):
+        yield
+
+
+@contextmanager
+def _auth_variables(updates: dict[str, str]) -> Iterator[None]:
+    """Ray's token variables set to ``updates`` (the others unset) within the block, and Ray's view refreshed."""
     try:
         with env.restored(*updates, env.RAY_AUTH_TOKEN_VAR, env.RAY_AUTH_TOKEN_PATH_VAR):
             for name in (env.RAY_AUTH_TOKEN_VAR, env.RAY_AUTH_TOKEN_PATH_VAR):

@@ -200,6 +200,10 @@ class LocalCluster:
                 ids[node.node_name] = (started, node.node_id)
         return {name: node_id for name, (_, node_id) in ids.items()}
 
+    def node_ips(self) -> dict[str, str]:
+        """The node IP Ray reports for each live node, by node name (see :mod:`mltrain.cluster.loopback`)."""
+        return {node.node_name: node.node_ip for node in _list_nodes(self.connection()) if node.state == "ALIVE"}
+
     def pids(self, index: int | None = None) -> list[int]:
         """Process ids of worker ``index``'s node (the head's if None)."""
         node = self.state.head if index is None else self.state.worker(index)

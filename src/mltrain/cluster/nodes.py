@@ -19,7 +19,7 @@ import psutil
 import requests
 
 from mltrain import env
-from mltrain.cluster import ports
+from mltrain.cluster import loopback, ports
 from mltrain.cluster.processes import CLUSTER_ID_VAR, NODE_NAME_VAR, root_process, stop_node
 from mltrain.cluster.spec import ClusterSpec
 from mltrain.cluster.state import TOKEN_FILE, ClusterState, NodeRecord
@@ -75,6 +75,7 @@ def _common_ports(previous: NodeRecord | None) -> dict[str, int]:
 
 def _launch(
     name: str,
+    ip: str,
     args: list[str],
     node_ports: dict[str, int],
     temp_dir: Path,
@@ -93,9 +94,10 @@ def _launch(
     command = [
         *_ray_start(),
         *args,
-        # Ray resolves 127.0.0.1 to the host's address for the node IP; its servers listen on all
-        # interfaces whatever we say, and the token is what guards them.
-        "--node-ip-address=127.0.0.1",
+        # A loopback address other than 127.0.0.1, which Ray would replace with the host's network address
+        # (see mltrain.cluster.loopback). Its servers listen on all interfaces whatever we say; the token is
+        # what guards them.
+        f"--node-ip-address={ip}",
         f"--node-name={name}",
         f"--temp-dir={temp_dir}",
         f"--num-cpus={cpus}",
@@ -118,6 +120,7 @@ def _launch(
         )
     return NodeRecord(
         name=name,
+        ip=ip,
         pid=process.pid,
         started=psutil.Process(process.pid).create_time(),
         temp_dir=str(temp_dir),
@@ -182,6 +185,7 @@ def _start_head(
         args.append(f"--system-config={json.dumps(spec.system_config)}")
     return _launch(
         HEAD_NAME,
+        loopback.node_ip(),
         args,
         head_ports,
         Path(temp_root),
@@ -247,11 +251,12 @@ def start_worker(
         gpus: GPUs it offers.
         resources: Custom resources it offers.
         visible_devices: Its ``CUDA_VISIBLE_DEVICES``; None leaves the variable as it is.
-        ports_from: The node it replaces: its ports are taken again when they are still free.
+        ports_from: The node it replaces: its address is taken again, and its ports when they are still free.
     """
     name = f"worker-{index}"
     return _launch(
         name,
+        ports_from.ip if ports_from is not None else loopback.node_ip(index),
         # One log monitor per host (the head's) reads the shared log folder; more would repeat every line.
         [f"--address={state.address}", f"--labels={LABEL_WORKER}={index}", "--include-log-monitor=false"],
         _common_ports(ports_from),

@@ -25,11 +25,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+def free_ports(count: int, host: str = "") -> list[int]:
     """``count`` different ports nothing listens on now: held open together while the kernel picks them.
 
     One :func:`free_port` after another may return the same port twice (the kernel can hand out a port again
     as soon as its socket is closed); a node started with one port for two of its servers fails to start.
+    By default the ports are free on every address: some of a node's servers listen on its own loopback
+    address only (``mltrain.cluster.loopback``), which another cluster's node may share.
     """
     with contextlib.ExitStack() as held:
         sockets = [held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]

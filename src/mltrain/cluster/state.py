@@ -44,6 +44,9 @@ class NodeRecord:
     """Custom resources declared (``--resources``)."""
     visible_devices: str | None = None
     """``CUDA_VISIBLE_DEVICES`` given to the node when real GPUs were split between workers."""
+    ip: str = "127.0.0.1"
+    """The node IP given to ``ray start`` (see :mod:`mltrain.cluster.loopback`); a restarted worker keeps it.
+    State files written before it was recorded name none: their nodes were started with 127.0.0.1."""
 
 
 @dataclass

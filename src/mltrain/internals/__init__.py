@@ -34,7 +34,7 @@ The uses (module: name -- what for, where):
     dashboard's undocumented ``/api/cluster_status`` route and its JSON layout: pending demands and per-node
     usage (``mltrain.cluster.status``).
   * ``node_ip_option()`` -- ``ray.init``'s private ``_node_ip_address``: loopback-only embedded Ray and clients
-    (``mltrain.launchers.ray.session``).
+    (``mltrain.launchers.ray.session``), on addresses Ray keeps (``resolve_ip_for_localhost`` rewrites 127.0.0.1).
   * ``TRAIN_PRINT_PATCH_VAR``, ``quiet_worker_prints()`` -- Ray Train's internal switch for its print patch, so
     the workers' epoch lines print once (``mltrain.launchers.ray.driver``).
   * ``TRAIN_CONTROLLER_CLASS``, ``kill_train_controllers()`` -- Ray Train V2's controller actor, found by its

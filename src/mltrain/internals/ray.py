@@ -165,7 +165,10 @@ def node_ip_option(address: str | None) -> dict[str, Any]:
 
     ``ray.init`` takes the node IP only through its private ``_node_ip_address`` parameter (``ray start`` has the
     public ``--node-ip-address``). Without it, Ray takes the host's network address, and a loopback-only
-    cluster (mltrain's tests, a laptop) would send traffic off loopback or fail to match its own nodes.
+    cluster (mltrain's tests, a laptop) would send traffic off loopback or fail to match its own nodes. Both
+    pass the address through ``ray._private.services.resolve_ip_for_localhost``, which replaces 127.0.0.1,
+    ``localhost`` and ``::1`` with the host's network address but keeps any other loopback address: hence
+    :mod:`mltrain.cluster.loopback`'s 127.0.0.2 and up.
     """
     return {"_node_ip_address": address} if address else {}
 

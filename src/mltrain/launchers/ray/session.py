@@ -7,13 +7,11 @@ import logging
 import os
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlparse
 
 from mltrain import console, env
 from mltrain.launchers.ray.options import RayOptions
 from mltrain.launchers.ray.scratch import sweep_scratch
 
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _EMBEDDED_OBJECT_STORE = 150 * 2**20  # small: this machine's memory is for the workers (see README)
 
 
@@ -33,7 +31,7 @@ def ray_session(options: RayOptions, dashboard: bool = False) -> Iterator[str | 
     """
     import ray
 
-    from mltrain.cluster import client_auth, resolve_address, resolve_cluster
+    from mltrain.cluster import client_auth, embedded_auth, resolve_address, resolve_cluster
 
     if ray.is_initialized():  # a Ray job's entrypoint, a Tune trial: Ray is already there
         try:
@@ -44,7 +42,7 @@ def ray_session(options: RayOptions, dashboard: bool = False) -> Iterator[str | 
         return
     target = resolve_address(options.address)
     connection = resolve_cluster(target) if target else None
-    with client_auth(connection):
+    with client_auth(connection) if target else embedded_auth():
         if target is None:
             _init_embedded(options, dashboard)
         else:
@@ -60,6 +58,7 @@ def ray_session(options: RayOptions, dashboard: bool = False) -> Iterator[str | 
 def _init_embedded(options: RayOptions, dashboard: bool) -> None:
     import ray
 
+    from mltrain.cluster.loopback import embedded_ip
     from mltrain.internals.ray import node_ip_option
 
     needed = options.workers * options.cpus_per_worker
@@ -71,7 +70,7 @@ def _init_embedded(options: RayOptions, dashboard: bool) -> None:
         object_store_memory=_EMBEDDED_OBJECT_STORE,
         **settings,
         runtime_env=runtime_env or None,
-        **node_ip_option("127.0.0.1"),
+        **node_ip_option(embedded_ip()),  # its node, workers and this driver talk over loopback only
         logging_level=logging.WARNING,
     )
 
@@ -79,16 +78,16 @@ def _init_embedded(options: RayOptions, dashboard: bool) -> None:
 def _join(target: str) -> None:
     import ray
 
+    from mltrain.cluster.loopback import driver_ip
     from mltrain.internals.ray import node_ip_option
 
-    host = urlparse(f"//{target.split('://')[-1]}").hostname
     ray.init(
         address=target,
         # A Ray job's runtime env (mltrain submit's) already reaches every worker.
         runtime_env=None
         if env.inside_ray_job()
         else {"env_vars": env.forwarded_to_workers(), **console.ray_runtime_env()},
-        **node_ip_option("127.0.0.1" if host in _LOOPBACK else None),
+        **node_ip_option(driver_ip(target)),
         logging_level=logging.WARNING,
     )
 
@@ -119,5 +118,9 @@ def check_fits(options: RayOptions) -> None:
     from mltrain.cluster.capacity import from_ray_nodes
     from mltrain.cluster.jobs import check_feasible
 
-    hint = "lower --cpus-per-worker/--gpus-per-worker, or add a node that has them (mltrain cluster up --help)"
-    check_feasible(options.per_worker(), {}, from_ray_nodes(ray.nodes()), hint=f"each Ray Train worker {hint}")
+    # The message reads "asks for 4 CPUs; the largest node has 1 CPU (worker-0); <hint>": the request is per worker.
+    hint = (
+        "that is for each Ray Train worker: lower --cpus-per-worker/--gpus-per-worker, or add a node that has them "
+        "(mltrain cluster up --help)"
+    )
+    check_feasible(options.per_worker(), {}, from_ray_nodes(ray.nodes()), hint=hint)
