@@ -33,10 +33,10 @@ test: install system-deps  ## lint and type-check, then every test this machine 
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 
-test-fast: install  ## unit tests only
-	$(BIN)/pytest tests/unit
+test-fast: install  ## the unit tier: no subprocess, server or training (tests/unit/conftest.py), about a minute
+	$(BIN)/pytest tests/unit --durations=10
 
 typecheck: install  ## mypy on src/ (make test runs it too)
 	$(BIN)/mypy

@@ -4,12 +4,46 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mltrain.data.synth import synthesize
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite's own home folder: nothing a test or what it starts (Ray's token, IPython's profile, caches)
+    writes under ``~`` reaches the user's. Removed when the session ends."""
+    home = Path(tempfile.mkdtemp(prefix="mltrain-tests-home-"))
+    config.stash[_REAL_HOME] = os.environ.get("HOME", "")
+    config.stash[_TEST_HOME] = home
+    os.environ["HOME"] = str(home)
+    for name in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_DATA_HOME"):
+        os.environ.pop(name, None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _TEST_HOME in config.stash:
+        shutil.rmtree(config.stash[_TEST_HOME], ignore_errors=True)
+        os.environ["HOME"] = config.stash[_REAL_HOME]
+
+
+_REAL_HOME = pytest.StashKey[str]()
+_TEST_HOME = pytest.StashKey[Path]()
+
+TIERS = Path(__file__).parent
+"""Where a test lives says what it may do; its marks follow (``pytest -m "not ray"`` ...)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        where = item.path.relative_to(TIERS).parts
+        if where[0] == "integration":
+            item.add_marker(pytest.mark.integration)
+            if where[1] == "ray":
+                item.add_marker(pytest.mark.ray)
 
 
 @pytest.fixture(scope="session")
@@ -38,14 +72,41 @@ def hue_tables_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow sqlite database with its tables made and no experiment yet, as MLflow leaves a new one before
+    its first use creates the ``Default`` experiment. Do not modify.
+
+    MLflow makes a new database's tables by running its ~60 alembic migrations: 3 s on an idle 2-core machine,
+    over 15 s on a busy one, in every process that opens a new store. Each test starts from a copy of this one
+    instead. What a brand-new store does (made at first use, also by several processes at once) is tested where
+    it matters: tests/integration/test_tracking.py (new stores opened at once) and the README test (a fresh sandbox).
+    """
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    database = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{database}").search_experiments()  # creates the tables and the Default experiment
+    with sqlite3.connect(database) as connection:  # without it, each copy's first use makes its own Default
+        connection.execute("DELETE FROM experiment_tags")
+        connection.execute("DELETE FROM experiments")
+    with sqlite3.connect(database) as connection:
+        connection.execute("VACUUM")
+    return database
+
+
 @pytest.fixture(autouse=True)
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hue_tables_file: Path) -> Iterator[Path]:
-    """Each test gets its own MLflow sqlite store, cache folder and working directory.
+def isolated_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hue_tables_file: Path, empty_store: Path
+) -> Iterator[Path]:
+    """Each test gets its own MLflow sqlite store (a copy of ``empty_store``), cache folder and working directory.
 
     The cache folder starts with a hard link to the session's hue tables: they depend only on the
     installed Pillow, and building them per test would cost 1-2 s and 128 MB of disk each time.
     """
     monkeypatch.chdir(tmp_path)
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     monkeypatch.setenv("MLTRAIN_CACHE_DIR", str(tmp_path / "cache"))
     shared = tmp_path / "cache" / hue_tables_file.relative_to(hue_tables_file.parent.parent)
     shared.parent.mkdir(parents=True)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
 MLTRAIN = [sys.executable, "-m", "mltrain"]
@@ -25,3 +33,43 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
     return subprocess.run(
         [*MLTRAIN, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )
+
+
+def call_cli(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess:
+    """Run ``mltrain ARGS`` in this process (``main([...])``) and return what :func:`run_cli` would: the exit
+    status, stdout and stderr. For commands that start no process, no server and no training (the unit tier)."""
+    from mltrain.cli import main
+
+    capsys.readouterr()  # this command's output only
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([*MLTRAIN, *args], code, out, err)
+
+
+def metric_steps(run_id: str, key: str) -> list[int]:
+    """The steps of ``key`` the run logged, in the order MLflow returns them."""
+    return [m.step for m in MlflowClient().get_metric_history(run_id, key)]
+
+
+def metric_values(run_id: str, key: str) -> list[float]:
+    """The values of ``key`` the run logged, by step."""
+    return [m.value for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def wait_for(predicate: Callable[[], T], what: str, timeout: float = 60, interval: float = 0.2) -> T:
+    """Poll ``predicate`` until it returns something true, and return that; fail after ``timeout`` seconds.
+
+    The deadline only bounds a hang: tests wait for the event itself, never for a fixed time.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)

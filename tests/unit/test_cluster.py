@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,10 +13,10 @@ import pytest
 
 from mltrain import env
 from mltrain.cli import main
+from mltrain.cluster import loopback, processes
 from mltrain.cluster import nodes as cluster_nodes
-from mltrain.cluster import processes
 from mltrain.cluster.capacity import NodeResources
-from mltrain.cluster.connection import client_auth, resolve_address, resolve_cluster
+from mltrain.cluster.connection import client_auth, embedded_auth, resolve_address, resolve_cluster
 from mltrain.cluster.jobs import JobRequest, check_feasible, describe, read_requirements
 from mltrain.cluster.local import ClusterSpec
 from mltrain.cluster.state import ClusterState, NodeRecord, load_state, save_state
@@ -153,6 +152,10 @@ def test_state_round_trip_and_errors(tmp_path: Path) -> None:
     assert again == state and again.path == path and again.worker(0).resources == {"bigmem": 1.0}
     with pytest.raises(ClusterError, match=r"no worker 3: the cluster has workers 0..0"):
         again.worker(3)
+    data = json.loads(path.read_text())
+    assert data["head"].pop("ip") == "127.0.0.1"
+    path.write_text(json.dumps(data))  # written before node IPs were recorded: its nodes had 127.0.0.1
+    assert load_state(tmp_path).head.ip == "127.0.0.1"
     path.write_text("{not json")
     with pytest.raises(ClusterError, match="unreadable"):
         load_state(tmp_path)
@@ -221,10 +224,25 @@ def test_client_auth_sets_and_restores_the_variables(tmp_path: Path, monkeypatch
         assert "RAY_AUTH_MODE" not in os.environ
 
 
-def test_importing_the_package_starts_nothing_and_loads_no_ray() -> None:
-    code = "import mltrain.cluster, sys; print('ray' in sys.modules, 'requests' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["False", "False"]
+def test_embedded_auth_gives_a_token_of_its_own_and_takes_it_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token: Ray would write one there
+    with embedded_auth():
+        token = os.environ["RAY_AUTH_TOKEN"]
+        assert os.environ["RAY_AUTH_MODE"] == "token" and len(token) == 64
+    assert "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_MODE" not in os.environ
+    with embedded_auth():
+        assert os.environ["RAY_AUTH_TOKEN"] != token, "a fresh token per instance"
+    for name, value in (("RAY_AUTH_MODE", "disabled"), ("RAY_AUTH_TOKEN", "the-users")):
+        with monkeypatch.context() as variables:
+            variables.setenv(name, value)
+            with embedded_auth():  # the user's choice is left to Ray
+                assert os.environ.get("RAY_AUTH_TOKEN") == (value if name == "RAY_AUTH_TOKEN" else None)
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("an-existing-default")
+    with embedded_auth():  # Ray reads the file that is there; nothing is written
+        assert "RAY_AUTH_TOKEN" not in os.environ
 
 
 # ---- local cluster pieces ---------------------------------------------------------------------------------
@@ -265,24 +283,20 @@ def test_node_environment_marks_the_processes_and_carries_the_token(monkeypatch:
     assert cluster_nodes._node_env("cid", "head", None)["RAY_AUTH_MODE"] == "disabled"
 
 
-def test_node_processes_finds_marked_processes_only(tmp_path: Path) -> None:
-    marked = {**os.environ, processes.CLUSTER_ID_VAR: "cid", processes.NODE_NAME_VAR: "worker-0"}
-    other = {**os.environ, processes.CLUSTER_ID_VAR: "other", processes.NODE_NAME_VAR: "worker-0"}
-    ours = subprocess.Popen(["sleep", "60"], env=marked, start_new_session=True)
-    theirs = subprocess.Popen(["sleep", "60"], env=other, start_new_session=True)
-    try:
-        import psutil
-
-        record = NodeRecord("worker-0", 999_999_999, psutil.Process(ours.pid).create_time() - 1, "", "", {}, 1, 0)
-        found = {process.pid for process in processes.node_processes("cid", record)}
-        assert ours.pid in found and theirs.pid not in found
-        assert processes.stop_node("cid", record, graceful=False, timeout=5) == 1
-        assert not psutil.pid_exists(ours.pid) and theirs.poll() is None  # stop_node reaped our child
-    finally:
-        ours.kill()
-        theirs.kill()
-        ours.wait()
-        theirs.wait()
+def test_nodes_and_drivers_get_loopback_addresses_that_ray_keeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert loopback.node_ip() == "127.0.0.2" and loopback.embedded_ip() == "127.0.0.2"
+    assert [loopback.node_ip(index) for index in (0, 1, 252, 253)] == [
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.255",
+        "127.0.1.0",
+    ]
+    assert loopback.driver_ip("127.0.0.2:40000") == "127.0.0.2"  # the head's raylet
+    for other in ("127.0.0.1:6379", "localhost:6379", "192.0.2.2:6379", "ray-head:6379", "auto", "ray://127.0.0.2:1"):
+        assert loopback.driver_ip(other) is None, other  # Ray's own choice
+    assert loopback.kept_loopback("127.8.9.10") and not loopback.kept_loopback("::1")
+    monkeypatch.setattr(loopback, "usable", lambda address: address == "127.0.0.1")  # a Mac: lo0 has 127.0.0.1 only
+    assert loopback.node_ip(0) == "127.0.0.1" and loopback.embedded_ip() == "127.0.0.1"
 
 
 def test_demands_from_the_autoscaler_report() -> None:
@@ -354,3 +368,27 @@ def test_ports_picked_together_are_all_different() -> None:
 
     picked = ports.free_ports(64)  # one at a time, the kernel may hand the same port out twice
     assert len(set(picked)) == 64 and all(ports.is_free(port) for port in picked)
+
+
+def test_submit_pip_hands_the_requirements_to_ray_as_the_jobs_pip_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # End to end, Ray would copy this whole virtualenv (GBs) for the job before pip runs: what mltrain does is
+    # read the file into the runtime environment it submits.
+    from mltrain.cluster import jobs
+    from tests.helpers import call_cli
+
+    submitted = []
+    monkeypatch.setattr(jobs, "submit", lambda connection, request: submitted.append(request) or "raysubmit_1")
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# for the job\nrequests>=2  # http\n\npsutil\n")
+    command = ["submit", "--address", "http://127.0.0.1:8265", "--no-wait", "--pip"]
+    done = call_cli(capsys, *command, str(requirements), "--", "python", "job.py")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "raysubmit_1\n"
+    [request] = submitted
+    assert request.runtime_env()["pip"] == ["requests>=2", "psutil"] and request.command == ["python", "job.py"]
+
+    missing = call_cli(capsys, *command, str(tmp_path / "nope.txt"), "--", "python", "job.py")
+    assert missing.returncode == 2 and missing.stderr.startswith("error: expected a pip requirements file for --pip")
+    assert len(submitted) == 1

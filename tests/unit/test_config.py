@@ -5,7 +5,7 @@ import yaml
 
 from mltrain.config import TrainConfig, parse_overrides
 from mltrain.errors import ConfigError
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, call_cli
 
 LAB_DEFAULTS = {
     "initial_epochs": 5,
@@ -131,18 +131,18 @@ def test_every_shipped_config_loads(path: Path) -> None:
     TrainConfig.build(path)
 
 
-def test_cli_config_error_exits_2_with_one_line() -> None:
-    done = run_cli("train", "--set", "lr=-1", "--data", "nowhere")
+def test_cli_config_error_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    done = call_cli(capsys, "train", "--set", "lr=-1", "--data", "nowhere")
     assert done.returncode == 2
     assert done.stderr.startswith("error: invalid config: lr=-1")
     assert "Traceback" not in done.stderr
-    done = run_cli("config", "show", "--set", "batchsize=3")
+    done = call_cli(capsys, "config", "show", "--set", "batchsize=3")
     assert done.returncode == 2
     assert "unknown config key 'batchsize'" in done.stderr
 
 
-def test_cli_config_show() -> None:
-    done = run_cli("config", "show", "--set", "total_epochs=30")
+def test_cli_config_show(capsys: pytest.CaptureFixture[str]) -> None:
+    done = call_cli(capsys, "config", "show", "--set", "total_epochs=30")
     assert done.returncode == 0, done.stderr
     assert "total_epochs: 30" in done.stdout
     assert "initial_epochs: 5" in done.stdout

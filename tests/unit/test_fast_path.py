@@ -4,21 +4,17 @@
 
 Speed itself is measured by `mltrain bench` (docs/PERFORMANCE.md), not asserted here. The CUDA-only
 settings (pinned memory, many workers, autocast dtype) are checked for what they decide, and the
-mixed-precision step runs on the CPU's autocast so the code path cannot silently break.
+mixed-precision step runs on the CPU's autocast so the code path cannot silently break (a short training:
+tests/integration/test_fast_path.py).
 """
 
-from pathlib import Path
-
-import pytest
 import torch
 
 from mltrain.config import TrainConfig
 from mltrain.data.cache import available_cpus
-from mltrain.data.module import Food11Data, LoaderPlan
+from mltrain.data.module import LoaderPlan
 from mltrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_model_input
 from mltrain.engines.common import autocast_dtype
-from mltrain.engines.torch_engine import TorchRecipe
-from mltrain.tracking import NullLogger
 
 
 def test_loader_plan_follows_the_device_and_the_cores() -> None:
@@ -49,19 +45,3 @@ def test_model_input_is_normalised_in_the_requested_layout() -> None:
     torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
     plain = to_model_input(images, torch.device("cpu"), channels_last=False)
     assert plain.is_contiguous()
-
-
-@pytest.mark.parametrize(
-    "overrides",
-    [{"precision": "bf16"}, {"channels_last": False}],
-    ids=["bf16-autocast", "default-layout"],
-)
-def test_fast_path_variants_train(tiny_data: Path, tmp_path: Path, overrides: dict) -> None:
-    config = TrainConfig(
-        initial_epochs=1, total_epochs=2, image_size=32, batch_size=16, pretrained=False, num_workers=0, **overrides
-    )
-    data = Food11Data(tiny_data, config, progress=False).setup()
-    recipe = TorchRecipe(config, data, NullLogger(), tmp_path, progress=False, on_epoch_end=None)
-    result = recipe.run()
-    assert result.epochs_run == 2
-    assert torch.isfinite(torch.tensor(result.test_loss)) and 0.0 <= result.test_accuracy <= 1.0

@@ -4,7 +4,6 @@ import pytest
 
 from mltrain.data.layout import CLASS_NAMES, check_layout, class_dir_name, list_samples
 from mltrain.errors import DataError
-from tests.helpers import TINY_TRAIN, run_cli
 
 
 def test_tiny_set_is_valid(tiny_data: Path) -> None:
@@ -52,13 +51,3 @@ def test_wrong_class_count(tiny_copy: Path) -> None:
     shutil.rmtree(tiny_copy / "training" / "class_10")
     with pytest.raises(DataError, match="found 10 class folder"):
         check_layout(tiny_copy)
-
-
-def test_cli_bad_layout_exits_2_before_any_run(tiny_copy: Path) -> None:
-    import shutil
-
-    shutil.rmtree(tiny_copy / "evaluation")
-    done = run_cli("train", "--data", str(tiny_copy), *TINY_TRAIN)
-    assert done.returncode == 2
-    assert "missing split folder(s) evaluation" in done.stderr
-    assert not Path("mlflow.db").exists()  # failed before touching MLflow

@@ -1,8 +1,4 @@
-import functools
-import http.server
-import threading
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +7,7 @@ from mltrain.data.layout import check_layout
 from mltrain.data.prepare import prepare
 from mltrain.data.synth import synthesize
 from mltrain.errors import DataError
-from tests.helpers import run_cli
+from tests.helpers import call_cli
 
 
 def _food11_zip(tmp_path: Path, top: str = "") -> Path:
@@ -45,15 +41,6 @@ def test_prepare_from_archive_is_idempotent(tmp_path: Path, top: str) -> None:
     assert _snapshot(dest) == before
 
 
-def test_prepare_downloads_over_http(tmp_path: Path, http_dir: tuple[Path, str]) -> None:
-    folder, base_url = http_dir
-    _food11_zip(folder)
-    report = prepare(tmp_path / "data", url=f"{base_url}/food11.zip", progress=False)
-    assert report.downloaded and report.extracted
-    check_layout(tmp_path / "data")
-    assert not (tmp_path / "data" / ".download").exists()
-
-
 def test_no_network_says_use_archive(tmp_path: Path) -> None:
     # Port 9 (discard) on loopback is closed: the same failure as being offline, without waiting.
     with pytest.raises(DataError, match="--archive"):
@@ -72,31 +59,17 @@ def test_archive_without_splits(tmp_path: Path) -> None:
         prepare(tmp_path / "data2", archive=not_zip, progress=False)
 
 
-def test_cli_prepare_offline_exits_2(tmp_path: Path) -> None:
-    done = run_cli("data", "prepare", "--dest", str(tmp_path / "d"), "--url", "http://127.0.0.1:9/x.zip")
+def test_cli_prepare_offline_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    done = call_cli(capsys, "data", "prepare", "--dest", str(tmp_path / "d"), "--url", "http://127.0.0.1:9/x.zip")
     assert done.returncode == 2
     assert "--archive" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_cli_prepare_archive_twice(tmp_path: Path) -> None:
+def test_cli_prepare_archive_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     archive = _food11_zip(tmp_path)
-    first = run_cli("data", "prepare", "--dest", str(tmp_path / "d"), "--archive", str(archive))
+    first = call_cli(capsys, "data", "prepare", "--dest", str(tmp_path / "d"), "--archive", str(archive))
     assert first.returncode == 0, first.stderr
     assert "training" in first.stdout and "22 images" in first.stdout
-    second = run_cli("data", "prepare", "--dest", str(tmp_path / "d"), "--archive", str(archive))
+    second = call_cli(capsys, "data", "prepare", "--dest", str(tmp_path / "d"), "--archive", str(archive))
     assert second.returncode == 0
     assert "nothing changed" in second.stdout
-
-
-@pytest.fixture
-def http_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A static file server on 127.0.0.1 serving a temporary folder."""
-    folder = tmp_path / "www"
-    folder.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()

@@ -22,7 +22,7 @@ from mltrain.stack_bench import (
     run_load,
     write_json,
 )
-from tests.helpers import run_cli
+from tests.helpers import call_cli
 
 
 @pytest.mark.parametrize(
@@ -145,9 +145,9 @@ def test_run_load_wants_a_tracking_server(monkeypatch: pytest.MonkeyPatch) -> No
         run_load(None, LoadPlan())
 
 
-def test_cli_refuses_a_store_that_is_no_server() -> None:
-    done = run_cli("stack", "bench", "--clients", "2")  # isolated_env points MLFLOW_TRACKING_URI at sqlite
+def test_cli_refuses_a_store_that_is_no_server(capsys: pytest.CaptureFixture[str]) -> None:
+    done = call_cli(capsys, "stack", "bench", "--clients", "2")  # isolated_env points MLFLOW_TRACKING_URI at sqlite
     assert done.returncode == 2
     assert done.stderr.startswith("error: expected the URI of a tracking server") and "Traceback" not in done.stderr
-    bad = run_cli("stack", "bench", "--tracking-uri", "http://127.0.0.1:9", "--clients", "0")
+    bad = call_cli(capsys, "stack", "bench", "--tracking-uri", "http://127.0.0.1:9", "--clients", "0")
     assert bad.returncode == 2 and "clients >= 1" in bad.stderr

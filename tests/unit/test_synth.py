@@ -7,7 +7,7 @@ from PIL import Image
 from mltrain.data.layout import check_layout
 from mltrain.data.synth import parse_image_size, synthesize
 from mltrain.errors import DataError
-from tests.helpers import run_cli
+from tests.helpers import call_cli
 
 
 def test_synth_layout_and_counts(tmp_path: Path) -> None:
@@ -44,8 +44,8 @@ def test_image_size_parsing() -> None:
         parse_image_size("big")
 
 
-def test_cli_synth(tmp_path: Path) -> None:
-    done = run_cli("data", "synth", "--dest", str(tmp_path / "c"), "--per-class", "2", "--image-size", "32x24")
+def test_cli_synth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    done = call_cli(capsys, "data", "synth", "--dest", str(tmp_path / "c"), "--per-class", "2", "--image-size", "32x24")
     assert done.returncode == 0, done.stderr
     assert "training" in done.stdout and "22 images" in done.stdout
     check_layout(tmp_path / "c")

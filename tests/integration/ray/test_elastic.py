@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import signal
 import subprocess
 import threading
-import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from mltrain import metrics
 from mltrain.engines.checkpoint import load_checkpoint
 from tests.helpers import MLTRAIN, TINY_TRAIN
-from tests.integration.ray.test_ray_train import RAY, _assert_each_epoch_once, _running_run_with_epochs, _wait_for
+from tests.integration.ray.test_ray_train import RAY, _running_run_with_epochs, _steps, _wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
@@ -46,35 +43,37 @@ def _driver(data: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Pop
 
 
 @pytest.mark.timeout(600)
-def test_elastic_group_shrinks_on_a_lost_node_and_grows_back(tiny_data: Path, ray_cluster_factory) -> None:
-    cluster = ray_cluster_factory(workers=2, cpus_per_worker=1)
-    epochs = 36  # measured here: it shrinks at epoch 1-3 and is back to 2 workers by about epoch 12
+def test_elastic_group_shrinks_on_a_lost_node_and_grows_back(tiny_data: Path, ray_cluster) -> None:
+    """Event by event, whatever the machine's pace: it trains on 2, loses a node, goes on with 1 without
+    waiting, grows back to 2 when the node returns; then Ctrl+C ends the one run KILLED with no step twice.
+    (How long each resize takes is measured by benchmarks/recovery.py, not asserted here.)"""
+    cluster = ray_cluster
     process, lines = _driver(
         tiny_data,
         {**os.environ, **cluster.client_env()},
         "--workers", "1-2", "--resize-interval", "5",
-        "--set", f"total_epochs={epochs}", "--set", f"patience={epochs}",
+        "--set", "total_epochs=1000", "--set", "patience=1000",
     )  # fmt: skip
     try:
         run_id = _wait_for(lambda: _running_run_with_epochs(3), 240, "three epochs")
         assert _workers_by_epoch(run_id)[:3] == [2, 2, 2]
         cluster.stop_worker(1)
-        lost_at = time.time()
         # It goes on with one worker, without waiting for a replacement ...
         _wait_for(lambda: 1 in _workers_by_epoch(run_id), 180, "an epoch trained by 1 worker")
         cluster.start_worker(1)
-        back_at = time.time()
         # ... and grows back to two when the node returns.
         _wait_for(lambda: _workers_by_epoch(run_id)[-1] == 2, 180, "the group to grow back to 2")
-        process.wait(timeout=400)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 0, "".join(lines)
+    assert process.returncode == 130, "".join(lines)
     run = MlflowClient().get_run(run_id)
-    assert run.info.status == "FINISHED"
-    _assert_each_epoch_once(run_id, epochs)
+    assert run.info.status == "KILLED"
     by_epoch = _workers_by_epoch(run_id)
+    for key in metrics.EPOCH_METRICS:  # every epoch it trained, once, from 0 on: no step twice, no gap
+        assert _steps(run_id, key) == list(range(len(by_epoch))), key
     changes = [by_epoch[0]] + [after for before, after in itertools.pairwise(by_epoch) if after != before]
     assert changes == [2, 1, 2], by_epoch
     tags = run.data.tags
@@ -82,29 +81,14 @@ def test_elastic_group_shrinks_on_a_lost_node_and_grows_back(tiny_data: Path, ra
     assert tags["mltrain.ray.resize.1"].startswith("2 -> 1 workers") and tags["mltrain.ray.resize.2"].startswith(
         "1 -> 2"
     )
-    # The timeline, from when each epoch reached MLflow (an epoch ends a few tenths of a second earlier).
-    history = sorted(MlflowClient().get_metric_history(run_id, metrics.WORKERS), key=lambda m: m.step)
-    first_on_one = next(m for m in history if m.value == 1)
-    first_on_two_again = next(m for m in history if m.value == 2 and m.step > first_on_one.step)
-    shrunk, grown = (_first_step(tags[f"mltrain.ray.restart.{n}"]) for n in (1, 2))
-    print(
-        f"elastic timeline: node lost -> first step on 1 worker {shrunk - lost_at:.1f}s, first new epoch logged "
-        f"{first_on_one.timestamp / 1000 - lost_at:.1f}s (epoch {first_on_one.step}); node back -> first step on 2 "
-        f"workers {grown - back_at:.1f}s, first epoch logged {first_on_two_again.timestamp / 1000 - back_at:.1f}s "
-        f"(epoch {first_on_two_again.step}); {tags['mltrain.ray.resize.1']} | {tags['mltrain.ray.resize.2']}"
-    )
-
-
-def _first_step(restart_tag: str) -> float:
-    """The POSIX time of a restart's first training step, from its tag (``epoch 3; first step at <ISO> on …``)."""
-    return datetime.fromisoformat(re.search(r"first step at (\S+)", restart_tag).group(1)).timestamp()
+    assert 1 <= load_checkpoint(Path("outputs") / run_id)["state"].next_epoch <= len(by_epoch)  # for --resume
 
 
 @pytest.mark.timeout(420)
-def test_a_fixed_group_that_lost_a_node_waits_says_why_and_ctrl_c_ends_it_killed(
-    tiny_data: Path, ray_cluster_factory
-) -> None:
-    cluster = ray_cluster_factory(workers=2, cpus_per_worker=1)
+def test_a_fixed_group_that_lost_a_node_waits_says_why_and_sigterm_ends_it_killed(tiny_data: Path, ray_cluster) -> None:
+    """SIGTERM (what `kill`, systemd or a job scheduler send) ends it as Ctrl+C does in the elastic test: the run
+    KILLED, the checkpoint brought back, the command to resume it printed; exit status 128 + 15."""
+    cluster = ray_cluster
     process, lines = _driver(
         tiny_data,
         {**os.environ, **cluster.client_env()},
@@ -118,12 +102,13 @@ def test_a_fixed_group_that_lost_a_node_waits_says_why_and_ctrl_c_ends_it_killed
         )
         assert "2 worker(s) of CPU=1 needed" in reason and "hold 1" in reason
         assert any("waiting for resources" in line for line in lines), "".join(lines)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         process.wait(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 130, "".join(lines)
+    assert process.returncode == 143, "".join(lines)
     assert MlflowClient().get_run(run_id).info.status == "KILLED"
     folder = Path("outputs") / run_id
     assert load_checkpoint(folder)["state"].next_epoch >= 1  # the checkpoint was brought back for --resume
+    _wait_for(lambda: f"continue it with: mltrain train --resume {folder}\n" in lines, 10, "the resume command")

@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import time
-from datetime import datetime
 from pathlib import Path
 
 import mlflow
@@ -74,19 +73,23 @@ def _actors(cluster, class_name: str, state: str | None = None) -> list:
 
 @pytest.mark.timeout(300)
 def test_two_workers_on_a_cluster_make_one_run_with_a_model(tiny_data: Path, ray_cluster) -> None:
-    args = [*TINY_TRAIN, "--set", "total_epochs=3", *RAY, "--workers", "2"]
-    done = run_cli("train", "--data", str(tiny_data), *args, env=ray_cluster.client_env(), timeout=280)
+    # The cluster named by --address alone (no RAY_ADDRESS, no state file here), the token by the environment.
+    args = [*TINY_TRAIN, "--set", "total_epochs=3", *RAY, "--workers", "2", "--address", ray_cluster.address]
+    args += ["--run-name", "two-workers"]
+    done = run_cli("train", "--data", str(tiny_data), *args, env=ray_cluster.state.auth_env(), timeout=280)
     assert done.returncode == 0, done.stdout + done.stderr
     [run] = _runs()
     run_id = run.info.run_id
     assert run.info.status == "FINISHED" and f"run {run_id}" in done.stdout
+    assert run.info.run_name == "two-workers"
     _assert_each_epoch_once(run_id, 3)
     tags = run.data.tags
     assert tags["mltrain.engine"] == "ray" and tags["mltrain.ray.workers"] == "2"
     assert tags["mltrain.ray.restarts"] == "0" and tags["mltrain.ray.resources_per_worker"] == "CPU=1"
     assert run.data.params["workers"] == "2"
     gpu_info = mlflow.artifacts.load_text(f"runs:/{run_id}/{metrics.GPU_INFO_ARTIFACT}")
-    assert "Ray Train rank-0 worker on node" in gpu_info  # written by the worker, not the driver
+    node = re.match(r"Ray Train rank-0 worker on node (\S+)", gpu_info)  # written by the worker, not the driver
+    assert node and node.group(1) in {worker.ip for worker in ray_cluster.state.workers}, gpu_info[:200]
     assert "system/cpu_utilization_percentage" in run.data.metrics  # sampled on the rank-0 worker's node
 
     model = mlflow.pytorch.load_model(tags["mltrain.best_model_uri"])
@@ -99,8 +102,8 @@ def test_two_workers_on_a_cluster_make_one_run_with_a_model(tiny_data: Path, ray
 
 
 @pytest.mark.timeout(420)
-def test_failover_to_the_other_node_continues_the_same_run(tiny_data: Path, ray_cluster_factory) -> None:
-    cluster = ray_cluster_factory(workers=2, cpus_per_worker=1)
+def test_failover_to_the_other_node_continues_the_same_run(tiny_data: Path, ray_cluster) -> None:
+    cluster = ray_cluster
     epochs = 20
     train = [*TINY_TRAIN, "--set", f"total_epochs={epochs}", "--set", "patience=100", *RAY, "--max-failures", "2"]
     env = cluster.client_env()
@@ -114,7 +117,6 @@ def test_failover_to_the_other_node_continues_the_same_run(tiny_data: Path, ray_
     names = {node_id: name for name, node_id in cluster.node_ids().items()}
     lost = int(names[worker.node_id].removeprefix("worker-"))
     cluster.stop_worker(lost)
-    killed_at = time.time()
 
     # The checkpoint Ray hands back to the restarted worker (read now: Ray keeps only the last few).
     handed_back_path = _wait_for(
@@ -133,9 +135,7 @@ def test_failover_to_the_other_node_continues_the_same_run(tiny_data: Path, ray_
     assert tags["mltrain.ray.restarts"] == "1"
     # It resumed from the checkpoint Ray handed back: the first epoch after the restart is the one after it.
     resumed_at = int(re.match(r"epoch (\d+); first step at (\S+)", tags["mltrain.ray.restart.1"]).group(1))
-    assert resumed_at == handed_back.next_epoch >= 1
-    first_step = datetime.fromisoformat(tags["mltrain.ray.restart.1"].split("first step at ")[1].split(" on ")[0])
-    print(f"failover: {first_step.timestamp() - killed_at:.1f}s from the node's death to the first step")
+    assert resumed_at == handed_back.next_epoch >= 1  # (how soon: benchmarks/recovery.py)
     # ... on the other node.
     restarted = [actor for actor in _actors(cluster, "RayTrainWorker") if actor.node_id != worker.node_id]
     assert restarted and {names.get(actor.node_id) for actor in restarted} == {f"worker-{1 - lost}"}
@@ -232,8 +232,8 @@ def test_s3_checkpoints_restart_and_a_run_beyond_max_failures_fails_then_resumes
 
 
 @pytest.mark.timeout(420)
-def test_three_half_gpu_trainings_run_at_once_on_two_gpus(tiny_data: Path, ray_cluster_factory) -> None:
-    cluster = ray_cluster_factory(workers=2, cpus_per_worker=1, gpus_per_worker=1)
+def test_three_half_gpu_trainings_run_at_once_on_two_gpus(tiny_data: Path, ray_cluster) -> None:
+    cluster = ray_cluster
     env = cluster.client_env()
     mlflow.set_experiment(metrics.EXPERIMENT)  # the store exists before three drivers open it at once
     args = [*TINY_TRAIN, "--set", "total_epochs=200", "--set", "patience=200", *RAY]
@@ -266,3 +266,16 @@ def test_three_half_gpu_trainings_run_at_once_on_two_gpus(tiny_data: Path, ray_c
             _wait_for(lambda job=job: client.get_job_status(job).is_terminal(), 120, "the job to stop", interval=2)
     # A stopped job's driver ends its run KILLED (within the stop grace period), never leaving it RUNNING.
     assert [run.info.status for run in _runs()] == ["KILLED"] * 3
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_no_node_can_hold_exits_2_before_any_run(tiny_data: Path, ray_cluster) -> None:
+    # Each node of the session's cluster has 1 CPU: Ray would leave such a worker waiting for ever.
+    args = [*TINY_TRAIN, *RAY, "--cpus-per-worker", "4"]
+    done = run_cli("train", "--data", str(tiny_data), *args, env=ray_cluster.client_env(), timeout=100)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: asks for 4 CPUs; the largest node has 1 CPU (worker-"), error
+    assert "--cpus-per-worker" in error
+    assert _runs() == [], "no MLflow run is made for a training that cannot start"

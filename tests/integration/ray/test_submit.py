@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -85,8 +86,8 @@ def test_allow_pending_submits_and_stop_ends_it(on_cluster: LocalCluster) -> Non
     assert done.returncode == 0, done.stderr
     job = done.stdout.strip()
     connection = on_cluster.connection()
+    # Once its demand is on the cluster, the job waits for a node that will never come: PENDING, not failed.
     _wait_for(lambda: any(d.resources == {"GPU": 2.0} for d in pending_demands(connection)), 30, "the demand")
-    time.sleep(2)
     assert _status(on_cluster, job) == "PENDING"
     assert cluster_status(connection).jobs == {job: "PENDING"}
 
@@ -137,6 +138,20 @@ def test_working_dir_is_uploaded_and_env_given(on_cluster: LocalCluster, tmp_pat
     assert done.returncode == 0, done.stderr
     assert re.search(r"hello from \S+ mltrain", done.stdout), done.stdout
 
+    # The ended job's log stays readable; an unknown id is one clear line.
+    job = re.search(r"submitted job (raysubmit_\w+)", done.stderr).group(1)
+    logs = run_cli("jobs", "logs", job)
+    assert logs.returncode == 0, logs.stderr
+    assert re.search(r"hello from \S+ mltrain", logs.stdout), logs.stdout
+    unknown = run_cli("jobs", "logs", "raysubmit_NoSuchJob")
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr, unknown.stderr
+    assert unknown.stderr.startswith(f"error: no job raysubmit_NoSuchJob on the cluster at {on_cluster.dashboard_url}")
+    # --address alone names the cluster (no state file here), with the token named in the environment.
+    elsewhere = {"MLTRAIN_CLUSTER_DIR": str(tmp_path / "no-cluster"), **on_cluster.state.auth_env()}
+    listed = run_cli("jobs", "list", "--address", on_cluster.dashboard_url, env=elsewhere)
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(rf"^{job}\s+SUCCEEDED\s.*python hello\.py$", listed.stdout, re.M), listed.stdout
+
 
 def test_requests_without_the_token_are_refused(on_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     from ray.exceptions import AuthenticationError
@@ -183,3 +198,21 @@ def test_head_exports_prometheus_metrics(on_cluster: LocalCluster) -> None:
     _wait_for(node_metrics, 60, "Ray's node metrics on the head's Prometheus endpoint")
     text = requests.get(on_cluster.state.metrics_url, timeout=5).text
     assert re.search(r'^ray_node_mem_used\{.*SessionName="session_', text, re.MULTILINE)
+
+
+@pytest.mark.timeout(120)
+def test_cluster_env_exports_the_clusters_address_and_token(on_cluster: LocalCluster, tmp_path: Path) -> None:
+    state = on_cluster.state
+    mltrain = shlex.join(MLTRAIN)
+    # In a shell that evaluates the exports, a client finds the cluster with no state file: through RAY_ADDRESS.
+    script = (
+        f'exports="$({mltrain} cluster env)" && echo "$exports" && eval "$exports" && '
+        'echo "seen: $RAY_ADDRESS $RAY_AUTH_MODE $RAY_AUTH_TOKEN_PATH" && '
+        f"MLTRAIN_CLUSTER_DIR={shlex.quote(str(tmp_path / 'no-cluster'))} {mltrain} cluster status"
+    )
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"seen: {state.dashboard_url} token {state.token_path}\n" in done.stdout
+    assert f"# GCS address, for `ray status --address` or `ray start --address`: {state.address}\n" in done.stdout
+    assert f"cluster at {state.dashboard_url} (from RAY_ADDRESS)" in done.stdout
+    assert re.search(r"^head\s+ALIVE", done.stdout, re.M), done.stdout  # (a worker may show "(+1 earlier)")

@@ -6,6 +6,7 @@ The trials train on CPUs on the tiny synthetic set; a search of 4 samples x 3 ep
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import time
@@ -20,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from mltrain import metrics
 from mltrain.search.tags import COMPUTE_FRACTION, EPOCHS_TAG, STOPPED_AT_TAG, STOPPED_TAG, TRIAL_EPOCHS, TRIAL_TAG
 from mltrain.tracking import open_client
-from tests.helpers import MLTRAIN, TINY_TRAIN, run_cli
+from tests.helpers import MLTRAIN, TINY_TRAIN, run_cli, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
@@ -233,3 +234,55 @@ def test_malformed_search_exits_2_before_any_ray_work(
         assert err.startswith("error: --search") and message in err and "Traceback" not in err, (expression, err)
     assert not ray.is_initialized()
     assert _runs() == []
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_ends_a_search_on_a_cluster_and_its_trial_killed(tiny_data: Path, ray_cluster, tmp_path: Path) -> None:
+    """SIGTERM (what `kill` or a scheduler sends) to a search on the session's cluster, its trial placed as asked:
+    the search's run and the trial's end KILLED, exit status 128 + 15, nothing of the search left on the cluster."""
+    args = [*TINY_TRAIN, *CPU, "--set", "patience=300", "--samples", "1", "--max-epochs", "300"]
+    args += ["--workers-per-trial", "1", "--cpus-per-trial", "0.5", "--gpus-per-trial", "0.5"]
+    log = tmp_path / "tune.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [*MLTRAIN, "tune", "--data", str(tiny_data), *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **ray_cluster.client_env()},
+        )
+    try:
+        wait_for(lambda: process.poll() is not None or _trials_training(1, epochs=1), "the first epoch", timeout=240)
+        assert process.poll() is None, "the search ended before its trial's first epoch"
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=150)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        output = log.read_text()
+        print(output[-5000:])  # shown if the test fails
+    assert process.returncode == 143, output[-5000:]
+    assert "terminated (received signal 15)" in output
+    runs = _runs()
+    [parent] = [run for run in runs if PARENT not in run.data.tags]
+    [trial] = [run for run in runs if run.data.tags.get(PARENT) == parent.info.run_id]
+    assert (parent.info.status, trial.info.status) == ("KILLED", "KILLED"), output[-3000:]
+    asked = {"tune.workers_per_trial": "1", "tune.cpus_per_trial": "0.5", "tune.gpus_per_trial": "0.5"}
+    assert {key: parent.data.params.get(key) for key in asked} == asked
+    assert trial.data.tags["mltrain.ray.workers"] == "1"
+    assert trial.data.tags["mltrain.ray.resources_per_worker"] == "CPU=0.5, GPU=0.5"
+    # Nothing of the search stays on the cluster (Ray's own detached actors, its autoscaling coordinator, do).
+    wait_for(lambda: not _alive_actors(ray_cluster, SEARCH_ACTORS), "the search's actors to leave the cluster")
+
+
+SEARCH_ACTORS = ("ImplicitFunc", "TrainController", "RayTrainWorker")
+"""The actors of a search: each trial's function, its Ray Train run's controller and workers."""
+
+
+def _alive_actors(cluster, class_names: tuple[str, ...]) -> list:
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    client = cluster.connection().state_client()
+    actors = client.list(
+        StateResource.ACTORS, options=ListApiOptions(filters=[("state", "=", "ALIVE")]), raise_on_missing_output=False
+    )
+    return [actor for actor in actors if actor.class_name in class_names]

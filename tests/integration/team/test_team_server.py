@@ -3,13 +3,12 @@ a server outage in the middle of a training; the registry notebook run against t
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
-import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from mltrain import metrics
-from tests.helpers import MLTRAIN, REPO, TINY_TRAIN, run_cli
+from tests.helpers import MLTRAIN, REPO, TINY_TRAIN, run_cli, wait_for
 from tests.integration.team.servers import BUCKET, S3, TrackingServer
 
 pytestmark = pytest.mark.integration
@@ -117,9 +116,11 @@ def test_train_against_team_server(
 def test_training_keeps_training_through_a_server_outage(
     tracking_server: TrackingServer, team_env: dict[str, str], tiny_data: Path, tmp_path: Path
 ) -> None:
-    # The closing note's measurement: MLTRAIN_TEST_OUTAGE_S=60 MLTRAIN_TEST_OUTAGE_EPOCHS=400 (training on after it).
-    epochs = int(os.environ.get("MLTRAIN_TEST_OUTAGE_EPOCHS", "40"))
-    outage = float(os.environ.get("MLTRAIN_TEST_OUTAGE_S", "30"))
+    """The server goes down once the training has logged into its run, and stays down until the training has
+    finished epochs without it: with logging in the loop's way (synchronous calls retrying for minutes) none
+    would finish, and the wait below would time out. Then the server comes back and every epoch reaches the
+    run once. How fast the loop goes through an outage is measured by benchmarks/outage.py, not asserted."""
+    epochs, during_outage = 40, 3
     # --verbose: MLflow's own INFO lines show how its system-metrics thread ended (checked below).
     args = [*TINY_TRAIN, "--set", f"total_epochs={epochs}", "--set", f"patience={epochs}", "--no-progress", "--verbose"]
     stderr_file = tmp_path / "trainer.stderr"
@@ -131,57 +132,41 @@ def test_training_keeps_training_through_a_server_outage(
             text=True,
             env={**os.environ, **team_env},
         )
-    lines: list[tuple[float, str]] = []
-    first_epoch = threading.Event()
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(trainer.stdout), daemon=True).start()
 
-    def read_stdout() -> None:
-        for line in trainer.stdout:
-            lines.append((time.monotonic(), line))
-            if re.match(r"epoch\s+5/", line):  # a few epochs first: the pace before the outage
-                first_epoch.set()
+    def epochs_printed() -> int:
+        return sum(1 for line in list(lines) if re.match(rf"epoch\s+\d+/{epochs} ", line))
 
-    reader = threading.Thread(target=read_stdout, daemon=True)
-    reader.start()
+    def still_training(what: Callable[[], bool]) -> Callable[[], bool]:
+        def check() -> bool:
+            assert trainer.poll() is None, f"the training ended early:\n{''.join(lines)}"
+            return what()
+
+        return check
+
     client = MlflowClient()
     try:
-        assert first_epoch.wait(timeout=180), "".join(line for _, line in lines)
-        # ... and the process attached to its run (it does so once MLflow has loaded behind the loop).
-        deadline = time.monotonic() + 120
-        while not _a_running_run_has_epochs(client):
-            assert time.monotonic() < deadline and trainer.poll() is None, "".join(line for _, line in lines)
-            time.sleep(0.2)
+        # The process attached to its run (it does so once MLflow has loaded behind the loop) ...
+        wait_for(still_training(lambda: _a_running_run_has_epochs(client)), "an epoch in the run", timeout=240)
         tracking_server.kill()
-        killed_at = time.monotonic()
-        time.sleep(outage)
-        back_at = time.monotonic()
+        killed_after = epochs_printed()
+        # ... and trains on without the server.
+        wait_for(
+            still_training(lambda: epochs_printed() >= killed_after + during_outage),
+            f"{during_outage} epochs trained while the server is down",
+            timeout=180,
+        )
+        during = epochs_printed() - killed_after
         tracking_server.start()
         trainer.wait(timeout=400)
     finally:
         if trainer.poll() is None:
             trainer.kill()
             trainer.wait()
-    reader.join(timeout=10)
-    stdout, stderr = "".join(line for _, line in lines), stderr_file.read_text()
+    stdout, stderr = "".join(lines), stderr_file.read_text()
     assert trainer.returncode == 0, f"{stdout}\n{stderr}"
-    epoch_lines = [at for at, line in lines if re.match(rf"epoch\s+\d+/{epochs} ", line)]
-    assert len(epoch_lines) == epochs, stdout
-    # Logging is queued: the loop did not wait for the server. Synchronous logging trained no epoch while the
-    # server was down (each call sat in its retries, seconds to minutes); how long the loop spent in MLflow
-    # calls is measured per epoch, and stays a blink through the outage.
-    during = [at for at in epoch_lines if killed_at < at < back_at]
-    assert during, f"no epoch finished during the {outage:.0f} s outage:\n{stdout}"
-    # The pace: time between epoch lines during the outage against before it (generous: a loaded CI machine).
-    before = [at for at in epoch_lines if at < killed_at]
-    pace_before = statistics.median(b - a for a, b in itertools.pairwise(before)) if len(before) > 1 else None
-    pace_during = statistics.median(b - a for a, b in itertools.pairwise([killed_at, *during]))
-    after = [at for at in epoch_lines if at > back_at]
-    pace_after = statistics.median(b - a for a, b in itertools.pairwise(after)) if len(after) > 1 else None
-    print(
-        f"outage {outage:.0f} s: {len(before)} epoch(s) before it, {len(during)} during it, {len(after)} after it; "
-        f"median s/epoch before {pace_before}, during {pace_during:.3f}, after {pace_after}"
-    )
-    if pace_before is not None:
-        assert pace_during <= 2 * pace_before + 0.5, (pace_before, pace_during)
+    assert epochs_printed() == epochs and killed_after + during < epochs, stdout
 
     run_id = _run_id(stdout)
     run = client.get_run(run_id)
@@ -190,14 +175,8 @@ def test_training_keeps_training_through_a_server_outage(
         assert _steps(client, run_id, key) == list(range(epochs)), key
     for key in metrics.FINAL_METRICS:
         assert len(client.get_metric_history(run_id, key)) == 1, key
-    history = sorted(client.get_metric_history(run_id, metrics.TRACKING_BLOCKED), key=lambda m: m.step)
-    blocked = [m.value for m in history]
-    # One early epoch attaches this process to the run the start-up helper created and sends the run's start
-    # records (params, gpu-info, config, dataset): a one-off cost that start-up no longer pays. Every other
-    # epoch, the outage's included, stays a blink.
-    attach = max(range(len(blocked)), key=blocked.__getitem__)
-    assert len(blocked) == epochs and attach < 5, blocked
-    assert all(value < 2.0 for epoch, value in enumerate(blocked) if epoch != attach), blocked
+    # Every epoch says how long its loop spent in tracking calls (the outage's epochs too).
+    assert _steps(client, run_id, metrics.TRACKING_BLOCKED) == list(range(epochs))
     # The system-metrics thread waited out the outage (its requests retried too) and ended with the run.
     assert client.get_metric_history(run_id, "system/cpu_utilization_percentage")
     assert "Failed to get mlflow run" not in stderr and "Failed to log system metrics" not in stderr, stderr
