@@ -32,9 +32,7 @@ def _only_run(experiment: str = metrics.EXPERIMENT):
 
 @pytest.mark.timeout(300)
 def test_train_logs_everything(tiny_data: Path) -> None:
-    launched = time.monotonic()
     done = run_cli("train", "--data", str(tiny_data), *TINY_TRAIN, "--no-progress")
-    elapsed = time.monotonic() - launched
     assert done.returncode == 0, done.stderr
     run = _only_run()
     assert run.info.status == "FINISHED"
@@ -50,8 +48,9 @@ def test_train_logs_everything(tiny_data: Path) -> None:
     for key in (*metrics.FINAL_METRICS, metrics.SKIPPED_IMAGES):
         assert len(client.get_metric_history(run.info.run_id, key)) == 1, key
     assert run.data.metrics[metrics.SKIPPED_IMAGES] == 0
-    startup = client.get_metric_history(run.info.run_id, metrics.STARTUP)  # from the command to the first step
-    assert [m.step for m in startup] == [0] and 0 < startup[0].value < elapsed, (startup, elapsed)
+    # From the command to the first step, logged once (its clock: tests/unit/test_cli.py; its size: benchmarks/).
+    startup = client.get_metric_history(run.info.run_id, metrics.STARTUP)
+    assert [m.step for m in startup] == [0] and startup[0].value > 0, startup
     assert 0 <= run.data.metrics[metrics.DATA_WAIT_FRACTION] <= 1
     system = [k for k in run.data.metrics if k.startswith("system/")]
     assert "system/cpu_utilization_percentage" in system and "system/system_memory_usage_megabytes" in system

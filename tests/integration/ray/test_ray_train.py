@@ -63,10 +63,12 @@ def _running_run_with_epochs(count: int) -> str | None:
     return None
 
 
-def _actors(cluster, class_name: str, state: str | None = None) -> list:
+def _actors(cluster, class_name: str, state: str | None = None, job_id: str | None = None) -> list:
+    """The cluster's actors of a class (of one Ray job: the session's cluster holds earlier tests' too)."""
     from ray.util.state.common import ListApiOptions, StateResource
 
     filters = [("class_name", "=", class_name)] + ([("state", "=", state)] if state else [])
+    filters += [("job_id", "=", job_id)] if job_id else []
     client = cluster.connection().state_client()
     return client.list(StateResource.ACTORS, options=ListApiOptions(filters=filters), raise_on_missing_output=False)
 
@@ -137,7 +139,9 @@ def test_failover_to_the_other_node_continues_the_same_run(tiny_data: Path, ray_
     resumed_at = int(re.match(r"epoch (\d+); first step at (\S+)", tags["mltrain.ray.restart.1"]).group(1))
     assert resumed_at == handed_back.next_epoch >= 1  # (how soon: benchmarks/recovery.py)
     # ... on the other node.
-    restarted = [actor for actor in _actors(cluster, "RayTrainWorker") if actor.node_id != worker.node_id]
+    ray_job = client.get_job_info(job).job_id
+    workers = _actors(cluster, "RayTrainWorker", job_id=ray_job)
+    restarted = [actor for actor in workers if actor.node_id != worker.node_id]
     assert restarted and {names.get(actor.node_id) for actor in restarted} == {f"worker-{1 - lost}"}
     # The killed worker could not remove its scratch folder (≈ 70 MB); the driver, on this host, did.
     assert not _scratch_of(run_id)
