@@ -7,6 +7,7 @@ every worker alive, no job running, every CPU and GPU free — or fails the test
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from mltrain import env
 from mltrain.cluster import jobs
 from mltrain.cluster.local import LocalCluster
 from mltrain.cluster.processes import root_process
@@ -33,7 +35,20 @@ def session_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalC
 
 
 def restore(cluster: LocalCluster) -> list[str]:
-    """Bring the cluster back to whole and idle; returns what had to be mended (empty if it was whole)."""
+    """Bring the cluster back to whole and idle; returns what had to be mended (empty if it was whole).
+
+    With the cluster's own token (from its state folder): a test may still have a wrong one in the environment.
+    """
+    with env.restored(*TOKEN_VARIABLES):
+        for name in TOKEN_VARIABLES:
+            os.environ.pop(name, None)
+        return _restore(cluster)
+
+
+TOKEN_VARIABLES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_ADDRESS")
+
+
+def _restore(cluster: LocalCluster) -> list[str]:
     mended = []
     for index, node in enumerate(cluster.state.workers):
         if root_process(node) is None:
