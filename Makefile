@@ -35,7 +35,7 @@ test: install system-deps  ## lint and type-check, then every test this machine 
 	$(BIN)/mypy
 	$(BIN)/pytest --durations=25
 
-test-fast: install  ## the unit tier: no subprocess, server or training (tests/unit/conftest.py), about a minute
+test-fast: install  ## the unit tier: no subprocess, server or training (tests/unit/conftest.py), under two minutes
 	$(BIN)/pytest tests/unit --durations=10
 
 typecheck: install  ## mypy on src/ (make test runs it too)
