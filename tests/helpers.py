@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -73,3 +73,20 @@ def wait_for(predicate: Callable[[], T], what: str, timeout: float = 60, interva
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def stop_after_saves(monkeypatch: Any, module: Any, saves: int = 2, name: str = "save_checkpoint") -> list[Path]:
+    """Make ``module.name`` (a checkpoint writer) raise KeyboardInterrupt right after its ``saves``-th write, as a
+    Ctrl+C at the worst moment: the checkpoint is on disk, MLflow has not got the epoch yet. Returns the list the
+    written paths go to."""
+    real_save = getattr(module, name)
+    saved: list[Path] = []
+
+    def save_then_stop(*args: Any, **kwargs: Any) -> Any:
+        saved.append(real_save(*args, **kwargs))
+        if len(saved) == saves:
+            raise KeyboardInterrupt
+        return saved[-1]
+
+    monkeypatch.setattr(module, name, save_then_stop)
+    return saved

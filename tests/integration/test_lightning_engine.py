@@ -22,7 +22,7 @@ from mltrain.model import count_trainable
 from mltrain.tracking import NullLogger
 from mltrain.training import run as training  # where the run is finalized
 from mltrain.training import train
-from tests.helpers import metric_steps, metric_values
+from tests.helpers import metric_steps, metric_values, stop_after_saves
 from tests.unit.test_lightning_engine import HEAD_ONLY, TINY, _Trainer
 
 pytestmark = pytest.mark.integration
@@ -135,14 +135,7 @@ def test_interrupted_training_resumes_exactly_from_a_copied_folder(
     reference = train(TrainConfig(**{**TINY, "total_epochs": 4}), data_dir=tiny_data, progress=False)
 
     real_save = callbacks.save_checkpoint
-    saved = []
-
-    def save_then_stop(*args, **kwargs):
-        saved.append(real_save(*args, **kwargs))
-        if len(saved) == 2:
-            raise KeyboardInterrupt  # Ctrl+C right after epoch 1's checkpoints, before MLflow got epoch 1
-
-    monkeypatch.setattr(callbacks, "save_checkpoint", save_then_stop)
+    saved = stop_after_saves(monkeypatch, callbacks)  # right after epoch 1's checkpoints, before MLflow got it
     real_finalize = training.finalize_run  # as after a kill -9: nothing runs after the checkpoint write
     monkeypatch.setattr(training, "finalize_run", lambda *args, **kwargs: None)
     with pytest.raises(KeyboardInterrupt):

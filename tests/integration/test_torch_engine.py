@@ -10,14 +10,13 @@ from mlflow.tracking import MlflowClient
 
 from mltrain import metrics
 from mltrain.config import TrainConfig
-from mltrain.engines import checkpoint as checkpoint_module
 from mltrain.engines import torch_engine
 from mltrain.engines.checkpoint import load_checkpoint
 from mltrain.errors import ConfigError
 from mltrain.tracking import RunSpec
 from mltrain.training import TrainResult, plan_training, run_training, train
 from mltrain.training import run as training  # where the run is finalized
-from tests.helpers import metric_steps, metric_values
+from tests.helpers import metric_steps, metric_values, stop_after_saves
 from tests.unit.test_torch_engine import TINY
 
 pytestmark = pytest.mark.integration
@@ -69,15 +68,8 @@ def test_interrupted_training_resumes_exactly(tiny_data: Path, monkeypatch: pyte
 
     # Stopped right after epoch 1's checkpoint, before MLflow got that epoch (the worst moment), then resumed
     # with more epochs: the run must end as if nothing had happened.
-    real_save = checkpoint_module.save_checkpoint
-    saved = []
-
-    def save_then_stop(*args, **kwargs):
-        saved.append(real_save(*args, **kwargs))
-        if len(saved) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(torch_engine, "save_checkpoint", save_then_stop)
+    real_save = torch_engine.save_checkpoint
+    saved = stop_after_saves(monkeypatch, torch_engine)
     # As after a kill -9: nothing runs after the checkpoint write (normally the run's end logs epoch 1 from it).
     real_finalize = training.finalize_run
     monkeypatch.setattr(training, "finalize_run", lambda *args, **kwargs: None)
@@ -108,15 +100,7 @@ def test_interrupted_training_resumes_exactly(tiny_data: Path, monkeypatch: pyte
 
 
 def test_an_interrupted_run_gets_its_epochs_and_best_model(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_save = checkpoint_module.save_checkpoint
-    saved = []
-
-    def save_then_stop(*args, **kwargs):
-        saved.append(real_save(*args, **kwargs))
-        if len(saved) == 2:
-            raise KeyboardInterrupt  # after epoch 1's checkpoint, before MLflow got epoch 1
-
-    monkeypatch.setattr(torch_engine, "save_checkpoint", save_then_stop)
+    saved = stop_after_saves(monkeypatch, torch_engine)  # after epoch 1's checkpoint, before MLflow got epoch 1
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(**{**TINY, "total_epochs": 3}), data_dir=tiny_data, progress=False)
     run = MlflowClient().get_run(saved[0].parent.name)
