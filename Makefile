@@ -13,6 +13,10 @@ DEMO_DATA ?= data/demo
 DEMO_SYNTH ?= --per-class 40 --image-size 320x240
 DEMO_SET ?=
 BENCH_ARGS ?=
+# make test's pytest processes (pytest-xdist). The suite's processes wait on Ray, servers and their own
+# subprocesses for long stretches: three keep a 2-core machine busy. Tests that share a session fixture (the
+# Ray cluster, the team server) run on one of them (tests/conftest.py). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 3
 
 .PHONY: install demo test test-fast typecheck bench lint format system-deps clean
 
@@ -33,7 +37,7 @@ test: install system-deps  ## lint and type-check, then every test this machine 
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
-	$(BIN)/pytest --durations=25
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 test-fast: install  ## the unit tier: no subprocess, server or training (tests/unit/conftest.py), under two minutes
 	$(BIN)/pytest tests/unit --durations=10

@@ -37,13 +37,43 @@ TIERS = Path(__file__).parent
 """Where a test lives says what it may do; its marks follow (``pytest -m "not ray"`` ...)."""
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         where = item.path.relative_to(TIERS).parts
         if where[0] == "integration":
             item.add_marker(pytest.mark.integration)
             if where[1] == "ray":
                 item.add_marker(pytest.mark.ray)
+    if config.pluginmanager.hasplugin("xdist"):
+        _group_for_xdist(items)
+
+
+SHARED_GROUPS = {
+    "session_cluster": "ray-cluster",
+    "postgres": "team",
+    "s3": "team",
+    "tracking_server": "team",
+}
+"""Session fixtures too costly to start once per pytest-xdist worker: their tests run on one worker, in order."""
+FIRST = ("ray-cluster", "integration/test_readme.py", "integration/ray/test_tune.py", "team")
+"""The longest groups, started first so that no worker is left with one of them at the end."""
+
+
+def _group_for_xdist(items: list[pytest.Item]) -> None:
+    """``make test`` runs the suite on several processes (``pytest -n``, ``--dist loadgroup``): each test file is
+    one unit of work (its module fixtures are made once), except the tests of a shared session fixture, which
+    share one unit whatever their file."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        shared = [group for fixture, group in SHARED_GROUPS.items() if fixture in fixtures]
+        group = shared[0] if shared else item.path.relative_to(TIERS).as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))
+        item.stash[_GROUP] = group
+    rank = {group: index for index, group in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.stash[_GROUP], len(FIRST)))  # stable: file order within a group
+
+
+_GROUP = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")
@@ -65,11 +95,21 @@ def tiny_copy(tiny_data: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def hue_tables_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The hue lookup tables (128 MB), built once per session. Do not modify."""
+    from filelock import FileLock
+
     from mltrain.data.hue import ensure_hue_tables
 
-    path = ensure_hue_tables(tmp_path_factory.mktemp("hue-cache"))
+    # Under pytest-xdist every worker has a base folder of its own under one shared parent: build them once there.
+    shared = tmp_path_factory.getbasetemp().parent if _xdist_worker() else tmp_path_factory.getbasetemp()
+    folder = shared / "hue-cache"
+    with FileLock(str(shared / "hue-cache.lock")):
+        path = ensure_hue_tables(folder)
     assert path is not None
     return path
+
+
+def _xdist_worker() -> str | None:
+    return os.environ.get("PYTEST_XDIST_WORKER")
 
 
 @pytest.fixture(scope="session")

@@ -335,6 +335,25 @@ def test_mlflow_system_metrics_monitor_takes_a_run_id_and_publishes_what_it_coll
     mlflow_internals.import_system_metrics()
 
 
+def test_mlflow_pytorch_imports_its_lightning_autolog_module_only_in_a_try_that_catches_import_error() -> None:
+    import ast
+
+    import mlflow.pytorch
+
+    module = mlflow_internals.LIGHTNING_AUTOLOG_MODULE
+    tree = ast.parse(inspect.getsource(mlflow.pytorch))
+    guarded = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.Try) and any(isinstance(s, ast.ImportFrom) and s.module == module for s in node.body)
+    ]
+    assert guarded, "mlflow.pytorch no longer imports its Lightning autologging module in a try at its end"
+    assert any(isinstance(h.type, ast.Name) and h.type.id == "ImportError" for h in guarded[0].handlers)
+    # Its other imports of the module are inside functions (autolog), run only when called.
+    top_level = [node for node in tree.body if isinstance(node, ast.ImportFrom)]
+    assert all(node.module != module for node in top_level)
+
+
 # --- Lightning: profiler action names, loop progress, ModelCheckpoint's state, the DDP launcher ----------------
 def test_lightning_loops_profile_batch_fetches_as_next_actions() -> None:
     from mltrain.internals.lightning import BATCH_FETCH_SUFFIX, is_batch_fetch

@@ -101,6 +101,10 @@ _ABORTS = (KeyboardInterrupt, click.exceptions.Abort, typer.Abort)
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``mltrain`` console script."""
+    if argv is None:  # the command's own process (not main([...]) called from Python)
+        from mltrain.internals.mlflow import skip_lightning_autolog_import
+
+        skip_lightning_autolog_import()
     try:
         # Without standalone mode Typer returns exit codes (130 for Ctrl+C) instead of exiting.
         code = app(args=_verbose_first(sys.argv[1:] if argv is None else argv), standalone_mode=False)

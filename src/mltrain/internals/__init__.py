@@ -54,6 +54,8 @@ The uses (module: name -- what for, where):
     (``mltrain.tracking.owner.create_run``, ``mltrain.tracking.starter``).
   * ``import_system_metrics()``, ``system_metrics_monitor()`` -- ``mlflow.system_metrics``' monitor class, to sample
     a run attached by id, at least once (``mltrain.tracking.logger``).
+  * ``skip_lightning_autolog_import()`` -- ``mlflow.pytorch``'s private ``_lightning_autolog`` module, kept from
+    importing ``pytorch_lightning`` in the ``mltrain`` command's processes (``mltrain.cli.main``).
   * Not a private use: ``mltrain.tracking.datasets.Food11Dataset._compute_digest``. It is the abstract method
     that ``mlflow.data.dataset.Dataset`` (documented) asks every subclass to implement, MLflow's own datasets
     included.

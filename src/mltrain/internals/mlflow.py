@@ -100,3 +100,22 @@ def system_metrics_monitor(run_id: str, tracking_uri: str) -> Any:
                 log.warning("could not log a system-metrics sample for run %s: %s", run_id, exc)
 
     return AtLeastOnce(run_id, resume_logging=True, tracking_uri=tracking_uri)
+
+
+LIGHTNING_AUTOLOG_MODULE = "mlflow.pytorch._lightning_autolog"
+"""The module ``mlflow.pytorch`` imports at its end, inside ``try: ... except ImportError``, for its Lightning
+autologging callback. It imports ``pytorch_lightning`` (installed with ``lightning``): 2-9 s of CPU on a 2-core
+machine in every process that logs or loads a model, none of which uses MLflow's Lightning autologging."""
+
+
+def skip_lightning_autolog_import() -> None:
+    """Make ``import mlflow.pytorch`` skip its Lightning autologging module (see ``LIGHTNING_AUTOLOG_MODULE``).
+
+    A module set to None in ``sys.modules`` raises ImportError on import, which ``mlflow.pytorch`` catches: it then
+    lacks ``MlflowModelCheckpointCallback`` and Lightning autologging, which mltrain does not use (its trackers log
+    each epoch once, also after a resume). Only the ``mltrain`` command calls this, before anything imports
+    ``mlflow.pytorch``: a notebook that imports mltrain keeps all of MLflow. No public switch does it.
+    """
+    import sys
+
+    sys.modules.setdefault(LIGHTNING_AUTOLOG_MODULE, None)  # type: ignore[arg-type]
