@@ -37,6 +37,7 @@ TIERS = Path(__file__).parent
 """Where a test lives says what it may do; its marks follow (``pytest -m "not ray"`` ...)."""
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         where = item.path.relative_to(TIERS).parts

@@ -60,8 +60,15 @@ def metric_values(run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
-def wait_for(predicate: Callable[[], T], what: str, timeout: float = 60, interval: float = 0.2) -> T:
-    """Poll ``predicate`` until it returns something true, and return that; fail after ``timeout`` seconds.
+def wait_for(
+    predicate: Callable[[], T],
+    what: str,
+    timeout: float = 60,
+    interval: float = 0.5,
+    process: subprocess.Popen | None = None,
+) -> T:
+    """Poll ``predicate`` until it returns something true, and return that; fail after ``timeout`` seconds, or
+    as soon as ``process`` (the program whose work the test waits for) has ended, with the end of its output.
 
     The deadline only bounds a hang: tests wait for the event itself, never for a fixed time.
     """
@@ -70,6 +77,9 @@ def wait_for(predicate: Callable[[], T], what: str, timeout: float = 60, interva
         value = predicate()
         if value:
             return value
+        if process is not None and process.poll() is not None:
+            output = process.communicate()[0] if process.stdout is not None else ""
+            raise AssertionError(f"waiting for {what}, the process ended ({process.returncode}):\n{output[-5000:]}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)

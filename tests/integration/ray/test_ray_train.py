@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import mlflow
@@ -24,7 +23,7 @@ from mltrain import metrics
 from mltrain.engines.checkpoint import load_checkpoint
 from mltrain.launchers.ray.scratch import scratch_root
 from mltrain.tracking import open_client
-from tests.helpers import MLTRAIN, TINY_TRAIN, run_cli
+from tests.helpers import MLTRAIN, TINY_TRAIN, run_cli, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
@@ -44,16 +43,6 @@ def _assert_each_epoch_once(run_id: str, epochs: int) -> None:
     for key in metrics.EPOCH_METRICS:
         assert _steps(run_id, key) == list(range(epochs)), key
     assert _steps(run_id, metrics.TEST_ACCURACY) == [epochs - 1]
-
-
-def _wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _running_run_with_epochs(count: int) -> str | None:
@@ -114,20 +103,22 @@ def test_failover_to_the_other_node_continues_the_same_run(tiny_data: Path, ray_
     job = re.search(r"raysubmit_\w+", submitted.stdout).group(0)
 
     # After a few reported epochs, kill -9 every process of the node the training worker runs on.
-    run_id = _wait_for(lambda: _running_run_with_epochs(3), 240, "three epochs in MLflow")
+    run_id = wait_for(lambda: _running_run_with_epochs(3), "three epochs in MLflow", timeout=240)
     [worker] = _actors(cluster, "RayTrainWorker", "ALIVE")
     names = {node_id: name for name, node_id in cluster.node_ids().items()}
     lost = int(names[worker.node_id].removeprefix("worker-"))
     cluster.stop_worker(lost)
 
     # The checkpoint Ray hands back to the restarted worker (read now: Ray keeps only the last few).
-    handed_back_path = _wait_for(
-        lambda: MlflowClient().get_run(run_id).data.tags.get("mltrain.ray.restart.1.checkpoint"), 180, "the restart"
+    handed_back_path = wait_for(
+        lambda: MlflowClient().get_run(run_id).data.tags.get("mltrain.ray.restart.1.checkpoint"),
+        "the restart",
+        timeout=180,
     )
     handed_back = load_checkpoint(Path(handed_back_path))["state"]
 
     client = cluster.connection().jobs_client()
-    _wait_for(lambda: client.get_job_status(job).is_terminal(), 300, "the job to end", interval=2)
+    wait_for(lambda: client.get_job_status(job).is_terminal(), "the job to end", timeout=300, interval=2)
     assert client.get_job_status(job).value == "SUCCEEDED", client.get_job_logs(job)[-5000:]
 
     run = MlflowClient().get_run(run_id)
@@ -165,9 +156,9 @@ def _training_worker_pids(driver: psutil.Process) -> list[int]:
 
 
 def _kill_training_worker_after(process: subprocess.Popen, steps: int) -> str:
-    run_id = _wait_for(lambda: _running_run_with_epochs(steps), 240, f"{steps} epochs in MLflow")
+    run_id = wait_for(lambda: _running_run_with_epochs(steps), f"{steps} epochs in MLflow", timeout=240)
     driver = psutil.Process(process.pid)
-    [pid] = _wait_for(lambda: _training_worker_pids(driver), 60, "the training worker")
+    [pid] = wait_for(lambda: _training_worker_pids(driver), "the training worker", timeout=60)
     os.kill(pid, signal.SIGKILL)
     return run_id
 
@@ -206,7 +197,9 @@ def test_s3_checkpoints_restart_and_a_run_beyond_max_failures_fails_then_resumes
         )
         try:
             run_id = _kill_training_worker_after(process, 2)  # Ray restarts it from the checkpoint in S3...
-            _wait_for(lambda: MlflowClient().get_run(run_id).data.tags.get("mltrain.ray.restart.1"), 180, "a restart")
+            wait_for(
+                lambda: MlflowClient().get_run(run_id).data.tags.get("mltrain.ray.restart.1"), "a restart", timeout=180
+            )
             seen = len(_steps(run_id))
             _kill_training_worker_after(process, seen + 1)  # ... and gives up on the second failure
             output, _ = process.communicate(timeout=240)
@@ -250,8 +243,10 @@ def test_three_half_gpu_trainings_run_at_once_on_two_gpus(tiny_data: Path, ray_c
     client = cluster.connection().jobs_client()
     try:
         try:
-            workers = _wait_for(
-                lambda: len(alive := _actors(cluster, "RayTrainWorker", "ALIVE")) == 3 and alive, 300, "3 at once"
+            workers = wait_for(
+                lambda: len(alive := _actors(cluster, "RayTrainWorker", "ALIVE")) == 3 and alive,
+                "3 at once",
+                timeout=300,
             )
         except AssertionError:
             states = {job: client.get_job_status(job).value for job in jobs}
@@ -267,7 +262,9 @@ def test_three_half_gpu_trainings_run_at_once_on_two_gpus(tiny_data: Path, ray_c
         for job in jobs:
             client.stop_job(job)
         for job in jobs:
-            _wait_for(lambda job=job: client.get_job_status(job).is_terminal(), 120, "the job to stop", interval=2)
+            wait_for(
+                lambda job=job: client.get_job_status(job).is_terminal(), "the job to stop", timeout=120, interval=2
+            )
     # A stopped job's driver ends its run KILLED (within the stop grace period), never leaving it RUNNING.
     assert [run.info.status for run in _runs()] == ["KILLED"] * 3
 

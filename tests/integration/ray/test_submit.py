@@ -8,8 +8,6 @@ import re
 import shlex
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from mltrain import metrics
 from mltrain.cluster import jobs
 from mltrain.cluster.local import LocalCluster
 from mltrain.cluster.status import cluster_status, pending_demands
-from tests.helpers import MLTRAIN, TINY_TRAIN, run_cli
+from tests.helpers import MLTRAIN, TINY_TRAIN, run_cli, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
@@ -30,13 +28,6 @@ def on_cluster(ray_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Lo
     """The module's cluster, found by mltrain through its state folder."""
     monkeypatch.setenv("MLTRAIN_CLUSTER_DIR", str(ray_cluster.cluster_dir))
     return ray_cluster
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def _status(cluster: LocalCluster, job: str) -> str:
@@ -87,7 +78,7 @@ def test_allow_pending_submits_and_stop_ends_it(on_cluster: LocalCluster) -> Non
     job = done.stdout.strip()
     connection = on_cluster.connection()
     # Once its demand is on the cluster, the job waits for a node that will never come: PENDING, not failed.
-    _wait_for(lambda: any(d.resources == {"GPU": 2.0} for d in pending_demands(connection)), 30, "the demand")
+    wait_for(lambda: any(d.resources == {"GPU": 2.0} for d in pending_demands(connection)), "the demand", timeout=30)
     assert _status(on_cluster, job) == "PENDING"
     assert cluster_status(connection).jobs == {job: "PENDING"}
 
@@ -95,7 +86,7 @@ def test_allow_pending_submits_and_stop_ends_it(on_cluster: LocalCluster) -> Non
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped before it started" in stopped.stdout
     assert _status(on_cluster, job) == "FAILED"  # how Ray records a job whose supervisor was killed
-    _wait_for(lambda: not any(d.resources == {"GPU": 2.0} for d in pending_demands(connection)), 30, "no demand")
+    wait_for(lambda: not any(d.resources == {"GPU": 2.0} for d in pending_demands(connection)), "no demand", timeout=30)
 
 
 @pytest.mark.timeout(180)
@@ -105,7 +96,7 @@ def test_a_job_that_must_wait_is_reported_then_runs(on_cluster: LocalCluster, tm
     for worker in (0, 1):
         request = jobs.JobRequest(["sleep", "600"], cpus=1, labels={"mltrain.io/worker": str(worker)})
         blockers.append(jobs.submit(connection, request))
-    _wait_for(lambda: all(_status(on_cluster, job) == "RUNNING" for job in blockers), 60, "the blockers to run")
+    wait_for(lambda: all(_status(on_cluster, job) == "RUNNING" for job in blockers), "the blockers to run", timeout=60)
 
     log = tmp_path / "submit.err"
     with open(log, "w") as err:
@@ -114,7 +105,9 @@ def test_a_job_that_must_wait_is_reported_then_runs(on_cluster: LocalCluster, tm
             stdout=subprocess.PIPE, stderr=err, text=True, env=os.environ.copy(),
         )  # fmt: skip
         try:
-            _wait_for(lambda: "pending demands on the cluster: 1 CPU x1" in log.read_text(), 60, "a waiting report")
+            wait_for(
+                lambda: "pending demands on the cluster: 1 CPU x1" in log.read_text(), "a waiting report", timeout=60
+            )
             assert waiting.poll() is None
             jobs.stop_job(connection, blockers[0])
             out, _ = waiting.communicate(timeout=90)
@@ -195,7 +188,7 @@ def test_head_exports_prometheus_metrics(on_cluster: LocalCluster) -> None:
             return False
         return "ray_node_cpu_utilization" in text and "ray_node_mem_used" in text
 
-    _wait_for(node_metrics, 60, "Ray's node metrics on the head's Prometheus endpoint")
+    wait_for(node_metrics, "Ray's node metrics on the head's Prometheus endpoint", timeout=60)
     text = requests.get(on_cluster.state.metrics_url, timeout=5).text
     assert re.search(r'^ray_node_mem_used\{.*SessionName="session_', text, re.MULTILINE)
 

@@ -9,7 +9,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import mlflow
@@ -114,17 +113,6 @@ def test_asha_search_makes_one_finished_child_per_trial_and_saves_compute(tiny_d
     assert best.info.run_id in promoted.stdout
 
 
-def _wait_for(predicate, timeout: float, what: str, process: subprocess.Popen):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        assert process.poll() is None, process.communicate()[0][-5000:]
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def _trials_training(count: int, epochs: int) -> dict[str, int] | None:
     """{run id: epochs} of the RUNNING trial runs, once ``count`` of them have logged ``epochs`` epochs."""
     running = {
@@ -167,20 +155,20 @@ def test_a_lost_trial_resumes_its_run_then_ctrl_c_ends_every_run_killed(tiny_dat
     try:
         driver = psutil.Process(process.pid)
         # A few epochs in, so that each trial has reported a checkpoint.
-        _wait_for(lambda: _trials_training(2, epochs=3), 200, "two trials training", process)
-        [lost, *_] = _wait_for(lambda: _trial_processes(driver), 30, "the trial processes", process)
+        wait_for(lambda: _trials_training(2, epochs=3), "two trials training", timeout=200, process=process)
+        [lost, *_] = wait_for(lambda: _trial_processes(driver), "the trial processes", timeout=30, process=process)
         before = _trials_training(2, epochs=3)
         lost.kill()
-        [resumed] = _wait_for(
+        [resumed] = wait_for(
             lambda: [
                 run
                 for run in _runs()
                 if run.data.tags.get("mltrain.resumes") == "1"
                 and len(_epochs(run.info.run_id, metrics.VAL_LOSS)) > before.get(run.info.run_id, 0)
             ],
-            200,
             "the lost trial to resume its run and train on",
-            process,
+            timeout=200,
+            process=process,
         )
         ray_processes = driver.children(recursive=True)
         process.send_signal(signal.SIGINT)
