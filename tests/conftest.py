@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +76,20 @@ def _group_for_xdist(items: list[pytest.Item]) -> None:
 
 
 _GROUP = pytest.StashKey[str]()
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    """pytest's ``tmp_path``, one folder deeper under a name no other test had.
+
+    pytest names a test's folder after the first 30 characters of its name and the next free number, and removes
+    it when the test passes: two parametrized cases then get the same path, one after the other. MLflow keeps one
+    store per tracking URI for the process's lifetime, with its connections to the database file it opened first,
+    so an in-process test on a reused path wrote through a stale connection ("attempt to write a readonly database").
+    """
+    unique = tmp_path / uuid.uuid4().hex[:8]
+    unique.mkdir()
+    return unique
 
 
 @pytest.fixture(scope="session")

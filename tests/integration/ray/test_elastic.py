@@ -15,8 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from mltrain import metrics
 from mltrain.engines.checkpoint import load_checkpoint
-from tests.helpers import MLTRAIN, TINY_TRAIN
-from tests.integration.ray.test_ray_train import RAY, _running_run_with_epochs, _steps, _wait_for
+from tests.helpers import MLTRAIN, TINY_TRAIN, wait_for
+from tests.integration.ray.test_ray_train import RAY, _running_run_with_epochs, _steps
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
@@ -55,14 +55,14 @@ def test_elastic_group_shrinks_on_a_lost_node_and_grows_back(tiny_data: Path, ra
         "--set", "total_epochs=1000", "--set", "patience=1000",
     )  # fmt: skip
     try:
-        run_id = _wait_for(lambda: _running_run_with_epochs(3), 240, "three epochs")
+        run_id = wait_for(lambda: _running_run_with_epochs(3), "three epochs", timeout=240)
         assert _workers_by_epoch(run_id)[:3] == [2, 2, 2]
         cluster.stop_worker(1)
         # It goes on with one worker, without waiting for a replacement ...
-        _wait_for(lambda: 1 in _workers_by_epoch(run_id), 180, "an epoch trained by 1 worker")
+        wait_for(lambda: 1 in _workers_by_epoch(run_id), "an epoch trained by 1 worker", timeout=180)
         cluster.start_worker(1)
         # ... and grows back to two when the node returns.
-        _wait_for(lambda: _workers_by_epoch(run_id)[-1] == 2, 180, "the group to grow back to 2")
+        wait_for(lambda: _workers_by_epoch(run_id)[-1] == 2, "the group to grow back to 2", timeout=180)
         process.send_signal(signal.SIGINT)
         process.wait(timeout=120)
     finally:
@@ -95,10 +95,10 @@ def test_a_fixed_group_that_lost_a_node_waits_says_why_and_sigterm_ends_it_kille
         "--workers", "2", "--set", "total_epochs=200", "--set", "patience=200",
     )  # fmt: skip
     try:
-        run_id = _wait_for(lambda: _running_run_with_epochs(4), 240, "four epochs")
+        run_id = wait_for(lambda: _running_run_with_epochs(4), "four epochs", timeout=240)
         cluster.stop_worker(0)
-        reason = _wait_for(
-            lambda: MlflowClient().get_run(run_id).data.tags.get("mltrain.ray.waiting"), 120, "the waiting tag"
+        reason = wait_for(
+            lambda: MlflowClient().get_run(run_id).data.tags.get("mltrain.ray.waiting"), "the waiting tag", timeout=120
         )
         assert "2 worker(s) of CPU=1 needed" in reason and "hold 1" in reason
         assert any("waiting for resources" in line for line in lines), "".join(lines)
@@ -111,4 +111,4 @@ def test_a_fixed_group_that_lost_a_node_waits_says_why_and_sigterm_ends_it_kille
     assert MlflowClient().get_run(run_id).info.status == "KILLED"
     folder = Path("outputs") / run_id
     assert load_checkpoint(folder)["state"].next_epoch >= 1  # the checkpoint was brought back for --resume
-    _wait_for(lambda: f"continue it with: mltrain train --resume {folder}\n" in lines, 10, "the resume command")
+    wait_for(lambda: f"continue it with: mltrain train --resume {folder}\n" in lines, "the resume command", timeout=10)
