@@ -40,7 +40,7 @@ test: install system-deps  ## lint and type-check, then every test this machine 
 	$(BIN)/mypy
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
-test-fast: install  ## the unit tier: no subprocess, server or training (tests/unit/conftest.py), under two minutes
+test-fast: install  ## the unit tier: no subprocess, server or training (tests/unit/conftest.py), under 90 s
 	$(BIN)/pytest tests/unit --durations=10
 
 typecheck: install  ## mypy on src/ (make test runs it too)
