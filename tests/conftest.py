@@ -46,7 +46,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
             if where[1] == "ray":
                 item.add_marker(pytest.mark.ray)
-    if config.pluginmanager.hasplugin("xdist"):
+    if _xdist_worker():  # `pytest -n N`: the groups and their order; one process keeps the files' order
         _group_for_xdist(items)
 
 
