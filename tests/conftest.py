@@ -62,7 +62,7 @@ FIRST = ("ray-cluster", "integration/test_readme.py", "integration/ray/test_tune
 
 
 def _group_for_xdist(items: list[pytest.Item]) -> None:
-    """``make test`` runs the suite on several processes (``pytest -n``, ``--dist loadgroup``): each test file is
+    """``pytest -n N --dist loadgroup`` (``make test TEST_WORKERS=N``) runs the suite on N processes: each test file is
     one unit of work (its module fixtures are made once), except the tests of a shared session fixture, which
     share one unit whatever their file."""
     for item in items:
